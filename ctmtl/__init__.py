@@ -1,0 +1,2 @@
+"""ctmtl: multi-task chest CT on MONAI."""
+__version__ = "0.1.0"
