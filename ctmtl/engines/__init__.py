@@ -1,0 +1,6 @@
+"""Training and evaluation engines (Ignite), metrics and the run report.
+
+Modules: ``metrics`` (per-task metric accumulators and their Ignite adapter), ``report`` (``report.md``
+and PNG plots from a run's history and test results). Import them directly, e.g.
+``from ctmtl.engines.metrics import MultiTaskMetrics``.
+"""
