@@ -1,0 +1,165 @@
+"""The multi-task trainer: staged plans carry weights, resume ends with the same epochs, seeds reproduce."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from ignite.engine import Events
+import torch
+from torch.utils.data import Dataset
+
+from ctmtl.engines.stages import Stage, build_plan
+from ctmtl.engines.trainer import MultiTaskEvaluator, MultiTaskTrainer, attach_checkpointing, latest_checkpoint
+from ctmtl.errors import ConfigError
+from ctmtl.losses import MultiTaskLoss
+from ctmtl.networks import MultiTaskNet
+
+SIZE = 32
+
+
+class DiskDataset(Dataset):
+    """Bright disks on noise, per the per-sample contract; odd samples carry a class, even ones a mask."""
+
+    def __init__(self, n: int = 8, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
+        self.items = []
+        for i in range(n):
+            cy, cx = torch.randint(8, SIZE - 8, (2,), generator=g).tolist()
+            r = 3 + i % 4
+            mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).long()[None]
+            image = (0.2 * torch.rand(1, SIZE, SIZE, generator=g) + 0.6 * mask).float()
+            sample = {"image": image, "meta": {"entry_id": f"s{i}", "dataset": "toy"}}
+            if i % 2:
+                sample["class"] = torch.tensor(int(r > 4))
+                sample["tasks"] = {"class": True, "seg": False, "recon": True, "det": False}
+            else:
+                sample["mask"] = mask
+                sample["tasks"] = {"class": False, "seg": True, "recon": True, "det": False}
+            self.items.append(sample)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+    def sample_info(self, i: int) -> dict:
+        return {"tasks": {t for t, v in self.items[i]["tasks"].items() if v}, "dataset": "toy"}
+
+
+def _make(tmp_path, plan="staged", epochs=2, seed=0, patience=None, stages=None):
+    torch.manual_seed(seed)
+    net = MultiTaskNet("small", tasks=("class", "seg", "recon"), num_classes=2, image_size=(SIZE, SIZE), det_head=None)
+    data = DiskDataset()
+    from ctmtl.data.pipeline import multitask_collate
+
+    val = torch.utils.data.DataLoader(data, batch_size=4, collate_fn=multitask_collate)
+    evaluator = MultiTaskEvaluator("cpu", val, net, tasks=("class", "recon"), metrics_kwargs={"class": {"class_names": ("a", "b")}})
+    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
+    trainer = MultiTaskTrainer(
+        "cpu", net, optimizer, MultiTaskLoss(), data, stages=stages or plan, epochs=epochs, evaluator=evaluator,
+        batch_size=4, out_dir=tmp_path, seed=seed, patience=patience,
+    )
+    return trainer
+
+
+def test_build_plan_named_and_filtered():
+    stages = build_plan("staged", epochs=[1, 2, 3], tasks=("class", "seg", "recon"))
+    assert [s.name for s in stages] == ["cr", "sr"]
+    assert [s.epochs for s in stages] == [1, 2]
+    assert stages[1].key_metric == "seg_dice"
+    with pytest.raises(ConfigError, match="unknown training plan"):
+        build_plan("nope")
+    with pytest.raises(ConfigError, match="3 stages"):
+        build_plan("staged", epochs=[1, 2])
+
+
+def test_staged_training_carries_encoder_weights(tmp_path):
+    trainer = _make(tmp_path, epochs=1)
+    seen = {}
+
+    def snapshot(engine):
+        stage = engine.stage_at(engine.state.epoch)
+        seen.setdefault(stage.name, {k: v.clone() for k, v in engine.network.encoder.state_dict().items()})
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, snapshot)
+    trainer.run()
+    best_cr = {k[len("encoder."):]: v for k, v in trainer.best_weights["cr"].items() if k.startswith("encoder.")}
+    assert set(seen) == {"cr", "sr"}
+    for k, v in best_cr.items():
+        assert torch.equal(seen["sr"][k], v), k
+    assert (tmp_path / "best_cr.pt").is_file() and (tmp_path / "model.pt").is_file()
+    rows = [r["stage"] for r in trainer.history]
+    assert rows == ["cr", "sr"]
+    assert "seg_dice" in trainer.history[1]["val"] and "class_accuracy" in trainer.history[0]["val"]
+
+
+def test_fresh_stage_does_not_carry_weights(tmp_path):
+    stages = [Stage("cr", ("class", "recon"), 1), Stage("sr", ("seg", "recon"), 1, init="fresh")]
+    trainer = _make(tmp_path, stages=stages)
+    initial = {k: v.clone() for k, v in trainer.network.encoder.state_dict().items()}
+    seen = {}
+
+    def snapshot(engine):
+        if engine.state.epoch == 2:
+            seen.update({k: v.clone() for k, v in engine.network.encoder.state_dict().items()})
+
+    trainer.add_event_handler(Events.EPOCH_STARTED, snapshot)
+    trainer.run()
+    assert all(torch.equal(seen[k], initial[k]) for k in initial)
+    best_cr = trainer.best_weights["cr"]
+    assert any(not torch.equal(seen[k], best_cr["encoder." + k]) for k in seen)
+
+
+def test_resume_after_interruption_ends_with_same_epochs(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    trainer = _make(tmp_path, epochs=2)
+    attach_checkpointing(trainer, ckpt)
+
+    def interrupt(engine):
+        if engine.state.epoch == 3:  # inside epoch 3, before its end-of-epoch checkpoint
+            raise KeyboardInterrupt  # killed mid-epoch
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert latest_checkpoint(ckpt) is not None
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        attach_checkpointing(_make(tmp_path, epochs=2), ckpt)
+
+    resumed = _make(tmp_path, epochs=2)
+    attach_checkpointing(resumed, ckpt, resume=True)
+    resumed.run()
+    assert resumed.state.epoch == 4
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+    assert [r["stage"] for r in resumed.history] == ["cr", "cr", "sr", "sr"]
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        attach_checkpointing(_make(tmp_path), tmp_path / "none", resume=True)
+
+
+def test_same_seed_same_metrics(tmp_path):
+    runs = []
+    for i in range(2):
+        trainer = _make(tmp_path / str(i), plan="joint", epochs=2, seed=3)
+        trainer.run()
+        runs.append(trainer.history[-1]["val"])
+    assert runs[0].keys() == runs[1].keys()
+    for k in runs[0]:
+        a, b = runs[0][k], runs[1][k]
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-6), k
+
+
+def test_early_stop_ends_stage_not_run(tmp_path):
+    # the sample count never improves: the stage stops after its second validation
+    stages = [Stage("cr", ("class", "recon"), 4, key_metric="class_n"), Stage("sr", ("seg", "recon"), 2)]
+    trainer = _make(tmp_path, stages=stages, patience=1)
+    trainer.run()
+    names = [r["stage"] for r in trainer.history]
+    assert names == ["cr", "cr", "sr", "sr"]  # the run went on with the next stage
+    assert trainer.stage_state["cr"]["stopped_early_at"] == 2
+    assert trainer.state.epoch == trainer.state.max_epochs == 4
