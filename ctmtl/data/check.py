@@ -177,7 +177,10 @@ def check_manifest(manifest: Manifest | str | Path, deep: bool = True) -> CheckR
     """
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
+    from ctmtl.data.chains import check_manifest_chains
+
     report = CheckReport(manifest=manifest, counts=manifest.counts())
+    report.problems += check_manifest_chains(manifest)  # every chain an entry names exists and parses
     where = f"manifest {manifest.path}"
     for i, entry in enumerate(manifest.entries):
         name = f"{where}, {entry_label(i, entry)}"
