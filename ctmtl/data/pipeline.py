@@ -44,6 +44,7 @@ __all__ = [
     "invert_prediction",
     "assemble_volume",
     "save_volume",
+    "torch_threads",
 ]
 
 #: ``memory``: cache in RAM (built at construction); ``disk``: also persist to ``cache_dir`` (reused by later runs);
@@ -107,7 +108,7 @@ def entry_request(manifest: Manifest, index: int, chain: str | Chain | None = No
 
 
 @contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
     """Run a block with ``n`` torch intra-op threads (``None``: unchanged).
 
     Per-sample transforms of one 256 x 256 slice gain nothing from intra-op threads, and on a busy machine the
@@ -322,22 +323,22 @@ class SliceDataset(torch.utils.data.Dataset):
         if isinstance(self.augment, Compose):
             self.augment.set_random_state(seed=seed)
 
-        # per slice: (request index, cached sample or None)
-        self._index: list[tuple[int, int | None]] = []
+        # per slice: (request index, index into self._samples); with cache="none": (request index, slice index)
+        self._index: list[tuple[int, int]] = []
         self._samples: list[dict] = []
-        with _torch_threads(transform_threads):
-            per_entry = self._build(cache_dir, cache_workers, progress)
-        for r, samples in enumerate(per_entry):
-            for sample in samples:
-                if cache == "none":
-                    self._index.append((r, int(sample["meta"]["slice"])))
-                else:
-                    self._index.append((r, len(self._samples)))
-                    self._samples.append(sample)
+        with torch_threads(transform_threads):
+            if cache == "none":  # run each entry once to validate it and list its slices; keep nothing
+                for r, request in enumerate(self.requests):
+                    self._index += [(r, int(sample["meta"]["slice"])) for sample in self.runner(request)]
+            else:
+                for r, samples in enumerate(self._build(cache_dir, cache_workers, progress)):
+                    for sample in samples:
+                        self._index.append((r, len(self._samples)))
+                        self._samples.append(sample)
         self.build_seconds = time.perf_counter() - start
 
     def _build(self, cache_dir: str | Path | None, workers: int, progress: bool) -> list[list[dict]]:
-        """Run every entry's chain once, in this process (threads), and return its samples."""
+        """Run every entry's chain once, in this process (MONAI's cache datasets; threads), return the samples."""
         transform = Compose([self.runner])
         try:
             if self.cache == "disk":
@@ -362,7 +363,7 @@ class SliceDataset(torch.utils.data.Dataset):
         r, ref = self._index[index]
         if self.cache != "none" and self.augment is None:
             return _fresh(self._samples[ref])
-        with _torch_threads(self.transform_threads):
+        with torch_threads(self.transform_threads):
             if self.cache == "none":
                 sample = self.runner(dict(self.requests[r], slice=ref))[0]
             else:
