@@ -29,3 +29,31 @@ def real_sample(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real sample {path} not available")
     return path
+
+
+def _tiny_data_module():
+    """``tests/transforms/tiny_data.py`` loaded once (the test folders are not packages)."""
+    import importlib.util
+    import sys
+
+    name = "ctmtl_tiny_data"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "transforms" / "tiny_data.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The ``tiny_data`` helper module (tiny NIfTI / DICOM / PNG sources for transform and pipeline tests)."""
+    return _tiny_data_module()
+
+
+@pytest.fixture(scope="session")
+def sources(tmp_path_factory, tiny):
+    """name -> manifest path of the three tiny sources (``volume``, ``dicom``, ``slice``) and ``merged``."""
+    return tiny.make_sources(tmp_path_factory.mktemp("sources"))
+
+
+_tiny_data_module()  # test modules import it as ``ctmtl_tiny_data``
