@@ -57,3 +57,37 @@ def sources(tmp_path_factory, tiny):
 
 
 _tiny_data_module()  # test modules import it as ``ctmtl_tiny_data``
+
+
+def make_trained_bundle(root: Path, size: int = 32, tasks=("class", "seg", "recon", "det"), det_head: str | None = "retinanet",
+                        seed: int = 0) -> Path:
+    """A minimal *trained bundle* (docs/architecture.md, "Trained bundle") with random weights, for tests of
+    loading, predicting and exporting: ``configs/inference.json`` defining ``network_def``, ``image_size`` and
+    ``chain_overrides``, and ``models/model.pt`` (its ``state_dict``)."""
+    import json
+
+    from ctmtl.networks import MultiTaskNet
+
+    root = Path(root)
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    net_args = {"encoder": "small", "tasks": list(tasks), "det_head": det_head if "det" in tasks else None}
+    config = {
+        "imports": ["$import ctmtl"],
+        "bundle_root": ".",
+        "image_size": [size, size],
+        "chain_overrides": {"spatial_size": "@image_size"},
+        "class_names": ["covid-19", "non-covid", "cancer"],
+        "network_def": {"_target_": "ctmtl.networks.MultiTaskNet", "image_size": "@image_size", **net_args},
+    }
+    (root / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
+    torch.manual_seed(seed)
+    net = MultiTaskNet(image_size=(size, size), **net_args)
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory) -> Path:
+    """A tiny trained bundle (32 px, every head, RetinaNet, random weights); see :func:`make_trained_bundle`."""
+    return make_trained_bundle(tmp_path_factory.mktemp("bundle"))

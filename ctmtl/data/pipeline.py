@@ -27,7 +27,7 @@ import torch
 from monai.data import CacheDataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, Transform
 
-from ctmtl.constants import SHORT_TASKS
+from ctmtl.constants import SHORT_TASKS, TASKS
 from ctmtl.data.chains import Chain, load_chain, manifest_chains
 from ctmtl.data.manifest import Manifest, entry_label, load_manifest
 from ctmtl.errors import ChainError, CtmtlError, DataError
@@ -378,6 +378,22 @@ class SliceDataset(torch.utils.data.Dataset):
         if self.cache == "none":
             return dict(self.requests[r]["meta"], slice=ref)
         return dict(self._samples[ref]["meta"])
+
+    def sample_info(self, index: int) -> dict:
+        """``{"tasks": set of short task names labelled in slice ``index``, "dataset": source}``, without building it.
+
+        The trainer uses it to pick each stage's samples (:func:`ctmtl.engines.trainer.stage_loader`). Cached
+        samples report their own ``tasks`` record; with ``cache="none"`` the entry's declared tasks stand in.
+        """
+        r, ref = self._index[index]
+        if self.cache == "none":
+            meta = self.requests[r]["meta"]
+            tasks = {TASKS.get(t, t) for t in meta.get("tasks", ())}
+        else:
+            sample = self._samples[ref]
+            meta = sample["meta"]
+            tasks = {t for t, labelled in sample.get("tasks", {}).items() if labelled}
+        return {"tasks": tasks, "dataset": meta.get("source", meta.get("manifest", ""))}
 
     def slices_per_entry(self) -> dict[str, int]:
         """``entry id -> number of slices`` (entries that yield no slice are absent)."""
