@@ -11,11 +11,15 @@ Named plans (:data:`PLANS`):
 - ``staged``: ``cr`` (classification + reconstruction) -> ``sr`` (segmentation + reconstruction) ->
   ``dr`` (detection + reconstruction), each starting from the previous stage's best weights;
 - ``joint``: every task at once on the merged data (Amyar et al. 2020);
+- ``staged_joint``: ``staged``, then a ``joint`` stage of every head from the ``dr`` weights, so that one final model
+  serves all heads (after ``dr`` alone the classification and segmentation heads sit on an encoder moved by
+  detection);
 - ``class``, ``seg``, ``recon``, ``det``: single-task baselines.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +38,8 @@ DEFAULT_KEY_METRICS: dict[str, str] = {
 }
 
 INITS = ("previous", "fresh")
+#: ``key_metric`` value that averages the default key metrics of a stage's primary tasks (a joint stage)
+MEAN_KEY = "mean"
 
 
 @dataclass
@@ -47,8 +53,8 @@ class Stage:
         init: ``previous`` (load the previous stage's best weights; the first stage starts as built) or
             ``fresh`` (re-initialise every parameter before the stage).
         freeze_encoder: keep the shared encoder's weights fixed during the stage.
-        key_metric: validation metric (``seg_dice``, ...) that picks the stage's best weights; default by the
-            first primary task (:data:`DEFAULT_KEY_METRICS`).
+        key_metric: validation metric (``seg_dice``, ...) that picks the stage's best weights, or ``"mean"``; default
+            the first primary task's (:data:`DEFAULT_KEY_METRICS`), ``"mean"`` for a stage of several scored tasks.
         loss_weights: fixed weight per task (the papers' w_i in {0, 1}); missing tasks weigh 1.
     """
 
@@ -71,7 +77,17 @@ class Stage:
         if self.init not in INITS:
             raise ConfigError(f"stage {self.name!r}: init must be one of {INITS}, got {self.init!r}")
         if self.key_metric is None:
-            self.key_metric = DEFAULT_KEY_METRICS[self.primary_tasks[0]]
+            scored = [t for t in self.primary_tasks if t != "recon"]
+            self.key_metric = MEAN_KEY if len(scored) > 1 else DEFAULT_KEY_METRICS[self.primary_tasks[0]]
+
+    def key_value(self, metrics: Mapping[str, Any]) -> float:
+        """The stage's key metric in ``metrics``: one key, or with ``key_metric="mean"`` the mean of the default key
+        metrics of its primary tasks (each in [0, 1]: accuracy, Dice, AP50); NaN when absent."""
+        if self.key_metric != MEAN_KEY:
+            return float(metrics.get(self.key_metric, float("nan")))
+        values = [float(metrics.get(DEFAULT_KEY_METRICS[t], float("nan"))) for t in self.primary_tasks if t != "recon"]
+        values = [v for v in values if not math.isnan(v)]
+        return sum(values) / len(values) if values else float("nan")
 
     @property
     def primary_tasks(self) -> tuple[str, ...]:
@@ -86,6 +102,8 @@ class Stage:
 PLANS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "staged": (("cr", ("class", "recon")), ("sr", ("seg", "recon")), ("dr", ("det", "recon"))),
     "joint": (("joint", ("class", "seg", "recon", "det")),),
+    "staged_joint": (("cr", ("class", "recon")), ("sr", ("seg", "recon")), ("dr", ("det", "recon")),
+                     ("joint", ("class", "seg", "recon", "det"))),
     "class": (("class", ("class",)),),
     "seg": (("seg", ("seg",)),),
     "recon": (("recon", ("recon",)),),

@@ -37,6 +37,7 @@ class LoadedModel:
         chain_overrides: chain parameters of training (``{"spatial_size": [H, W], ...}``).
         class_names: diagnosis classes in label order.
         device: where the network runs.
+        weights: the weights file loaded (``None`` when the model was built otherwise).
     """
 
     network: torch.nn.Module
@@ -46,6 +47,7 @@ class LoadedModel:
     chain_overrides: dict[str, Any] = field(default_factory=dict)
     class_names: tuple[str, ...] = CLASS_NAMES
     device: torch.device = torch.device("cpu")
+    weights: Path | None = None
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -140,4 +142,4 @@ def load_model(model: str | Path, device: str | torch.device | None = None, weig
     overrides = dict(parser.get_parsed_content("chain_overrides")) if "chain_overrides" in parser else {}
     overrides.setdefault("spatial_size", [int(s) for s in size])
     names = tuple(parser.get_parsed_content("class_names")) if "class_names" in parser else CLASS_NAMES
-    return LoadedModel(network, root, parser, (int(size[0]), int(size[1])), overrides, names, device)
+    return LoadedModel(network, root, parser, (int(size[0]), int(size[1])), overrides, names, device, weights.resolve())

@@ -163,3 +163,17 @@ def test_early_stop_ends_stage_not_run(tmp_path):
     assert names == ["cr", "cr", "sr", "sr"]  # the run went on with the next stage
     assert trainer.stage_state["cr"]["stopped_early_at"] == 2
     assert trainer.state.epoch == trainer.state.max_epochs == 4
+
+
+def test_joint_stage_keys_on_the_mean_of_its_tasks():
+    stages = build_plan("staged_joint", epochs=1)
+    assert [s.name for s in stages] == ["cr", "sr", "dr", "joint"]
+    joint = stages[-1]
+    assert joint.key_metric == "mean"
+    assert joint.key_value({"class_accuracy": 0.9, "seg_dice": 0.6, "det_ap50": 0.3, "recon_psnr": 30.0}) == pytest.approx(0.6)
+    assert joint.key_value({"class_accuracy": 0.8}) == pytest.approx(0.8)  # absent metrics are left out
+    assert math.isnan(joint.key_value({}))
+    assert stages[0].key_value({"class_accuracy": 0.7, "seg_dice": 0.1}) == pytest.approx(0.7)
+    # a network without detection keeps the mean over what is left
+    no_det = build_plan("staged_joint", epochs=1, tasks=("class", "seg", "recon"))
+    assert [s.name for s in no_det] == ["cr", "sr", "joint"] and no_det[-1].key_metric == "mean"
