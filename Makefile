@@ -48,4 +48,4 @@ $(LABEL_STAMP): pyproject.toml
 label-venv: $(LABEL_STAMP)
 
 test-label: $(LABEL_STAMP)
-	$(LABEL_VENV)/bin/python -m pytest tests/label -m label $(PYTEST_ARGS)
+	$(LABEL_VENV)/bin/python -m pytest tests/label -m label --timeout 900 $(PYTEST_ARGS)

@@ -15,7 +15,7 @@ from ctmtl import __version__
 from ctmtl.errors import CtmtlError
 
 #: sub-command modules under ctmtl.commands, in help order
-COMMANDS: tuple[str, ...] = ("synth", "manifest")  # each helper adds its module name here
+COMMANDS: tuple[str, ...] = ("synth", "manifest", "train", "demo", "predict", "export_label")  # each helper adds its module name here
 
 
 def build_parser() -> argparse.ArgumentParser:
