@@ -34,9 +34,15 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--override {item!r}: expected key=value, e.g. --override encoder=resnet50")
         try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+            value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"--override {item!r}: the value does not parse as YAML ({err})".splitlines()[0]) from None
+        if isinstance(value, str) and text.strip():
+            try:  # YAML 1.1 reads 1e-3 as a string
+                value = float(value)
+            except ValueError:
+                pass
+        out[key.strip()] = value
     return out
 
 

@@ -14,6 +14,9 @@ iteration, and a training plan of stages run by one Ignite engine.
 Checkpoints: :func:`attach_checkpointing` saves everything needed to resume (network, optimizer, scheduler, loss
 weighting, engine and plan state) every epoch; ``resume=True`` loads the last one. The engine owns ``backward()``,
 the AMP gradient scaler (CUDA only) and the device.
+
+Distributed (``torchrun``): the network may come wrapped in ``DistributedDataParallel``; weights are read from and
+loaded into the wrapped module (files never carry a ``module.`` prefix), and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -48,9 +51,23 @@ __all__ = [
     "TaskLossFunction",
     "stage_loader",
     "to_device",
+    "unwrap",
+    "is_main_process",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def unwrap(network: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (the network itself otherwise)."""
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    return network.module if isinstance(network, wrappers) else network
+
+
+def is_main_process() -> bool:
+    """True unless this is a process of rank > 0 in an initialised ``torch.distributed`` group."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def to_device(batch: Any, device: torch.device | str | None, non_blocking: bool = False) -> Any:
@@ -181,6 +198,9 @@ class MultiTaskEvaluator(SupervisedEvaluator):
         metrics_kwargs: per task, keyword arguments of its accumulator (e.g. ``{"det": {"masks": True}}``).
         amp: autocast on CUDA.
         val_handlers: further Ignite / MONAI handlers.
+        distributed: each process evaluates its share of the batches and the metrics are computed from every
+            process's outputs (:class:`ctmtl.engines.handlers.GatheredMetricAdapter`; deal the batches with
+            :class:`ctmtl.engines.handlers.BatchShardSampler`), so every rank gets the single-process values.
     """
 
     def __init__(
@@ -192,25 +212,31 @@ class MultiTaskEvaluator(SupervisedEvaluator):
         metrics_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
         amp: bool = False,
         val_handlers: Sequence | None = None,
+        distributed: bool = False,
         **kwargs: Any,
     ) -> None:
         self.metrics_kwargs = {k: dict(v) for k, v in (metrics_kwargs or {}).items()}
         self._prepare = MultiTaskPrepareBatch(tasks, with_targets=False)
-        self.metric = IgniteMetricAdapter(self._make_metrics(tasks), output_transform=lambda o: (o[Keys.PRED], o[Keys.LABEL]))
+        adapter = IgniteMetricAdapter
+        if distributed:
+            from ctmtl.engines.handlers import GatheredMetricAdapter as adapter  # handlers imports this module
+        self.metric = adapter(self._make_metrics(tasks), output_transform=lambda o: (o[Keys.PRED], o[Keys.LABEL]))
         device = torch.device(device)
         super().__init__(
             device=device,
             val_data_loader=val_data_loader,
             network=network,
             prepare_batch=self._prepare,
-            val_handlers=val_handlers,
             amp=amp and device.type == "cuda",
             decollate=False,
             **kwargs,
         )
         # attached here: MONAI's Workflow attaches additional metrics only beside a key metric, and the key
-        # metric of a multi-task run changes with the stage (the trainer tracks it)
+        # metric of a multi-task run changes with the stage (the trainer tracks it); the handlers come after,
+        # so that their EPOCH_COMPLETED (StatsHandler, TensorBoard) sees this run's metrics
         self.metric.attach(self, "multitask")
+        if val_handlers is not None:
+            self._register_handlers(val_handlers)
 
     def _make_metrics(self, tasks: Sequence[str]) -> MultiTaskMetrics:
         from ctmtl.engines.metrics import TASK_METRICS
@@ -225,6 +251,7 @@ class MultiTaskEvaluator(SupervisedEvaluator):
         """Evaluate these tasks from the next run on."""
         self._prepare.tasks = tuple(tasks)
         self.metric.metrics = self._make_metrics(tasks)
+        self.state.metrics = {}  # Ignite keeps the last run's values: a stage must not report another's metrics
 
     def scalar_metrics(self) -> dict[str, float]:
         """The scalar metrics of the last run (lists and counts left out)."""
@@ -279,13 +306,18 @@ class MultiTaskTrainer(SupervisedTrainer):
         batch_size, sampler, num_workers: the stage data loaders (:func:`stage_loader`).
         lr_scheduler: a ``ReduceLROnPlateau`` stepped on the stage's key metric (mode ``max``) after validation.
         patience: validations without improvement of the key metric that end a stage early (None: never).
-        out_dir: where the history (``metrics.json``, ``metrics.csv``) and best weights (``best_<stage>.pt``,
-            ``model.pt``) go; None keeps them in memory only.
+        out_dir: where the best weights (``best_<stage>.pt``, ``model.pt``) go, and the history unless
+            ``history_dir`` is given; None keeps them in memory only.
+        history_dir: where the history (``metrics.json``, ``metrics.csv``) goes (default ``out_dir``).
+        run_info: further top-level entries of ``metrics.json`` (e.g. the data trained on).
+        max_epochs: stop the run after this many epochs (later stages shortened or left out); default: every
+            epoch of the plan. More than the plan has is an error.
         det_masks: detection targets carry instance masks (Mask R-CNN).
         seed: seed of the samplers' generator.
         amp: mixed precision on CUDA (ignored on CPU).
         channels_last: channels-last memory format on CUDA.
-        distributed: shard batches across processes (``torchrun``).
+        distributed: shard batches across processes (``torchrun``); ``network`` may be wrapped in
+            ``DistributedDataParallel`` (use ``find_unused_parameters=True``: a stage leaves other heads idle).
         train_handlers: further Ignite / MONAI handlers.
     """
 
@@ -306,6 +338,9 @@ class MultiTaskTrainer(SupervisedTrainer):
         patience: int | None = None,
         val_interval: int = 1,
         out_dir: str | Path | None = None,
+        history_dir: str | Path | None = None,
+        run_info: Mapping[str, Any] | None = None,
+        max_epochs: int | None = None,
         det_masks: bool = False,
         seed: int = 0,
         amp: bool = False,
@@ -315,8 +350,10 @@ class MultiTaskTrainer(SupervisedTrainer):
         **kwargs: Any,
     ) -> None:
         device = torch.device(device)
-        net_tasks = getattr(network, "tasks", None)
+        net_tasks = getattr(unwrap(network), "tasks", None)
         self.stages: list[Stage] = build_plan(stages, epochs=epochs, tasks=net_tasks)
+        if max_epochs is not None:
+            _cap_epochs(self.stages, int(max_epochs))
         self.train_dataset = train_dataset
         self.batch_size = int(batch_size)
         self.sampler_name = sampler
@@ -328,6 +365,8 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.patience = patience
         self.val_interval = max(1, int(val_interval))
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.history_dir = Path(history_dir) if history_dir is not None else self.out_dir
+        self.run_info = dict(run_info or {})
         self.task_loss = TaskLossFunction(loss_function)
         self.multitask_loss = loss_function
         self.active_stage: Stage | None = None
@@ -336,7 +375,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.best_weights: dict[str, dict[str, torch.Tensor]] = {}
         self.plan_state = _PlanState(self)
         self._resumed = False
-        self._initial_weights = copy.deepcopy(network.state_dict())
+        self._initial_weights = copy.deepcopy(unwrap(network).state_dict())
         self._base_lrs = [g["lr"] for g in optimizer.param_groups]
         self._loaders: dict[str, DataLoader] = {}
         self._prepare = MultiTaskPrepareBatch(self.stages[0].tasks, with_targets=True, det_masks=det_masks)
@@ -409,7 +448,7 @@ class MultiTaskTrainer(SupervisedTrainer):
     def _enter_stage(self, stage: Stage, fresh_start: bool) -> None:
         previous = self.active_stage
         self.active_stage = stage
-        network = self.network
+        network = unwrap(self.network)
         if fresh_start:
             if stage.init == "fresh":
                 network.load_state_dict(self._initial_weights)
@@ -460,7 +499,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         if validate:
             self.evaluator.run(epoch)
             row["val"] = self.evaluator.scalar_metrics()
-            value = row["val"].get(stage.key_metric, float("nan"))
+            value = stage.key_value(row["val"])
             improved = not math.isnan(value) and (state["best"] is None or value > state["best"])
             if improved:
                 state.update(best=value, best_epoch=epoch, bad=0)
@@ -477,9 +516,9 @@ class MultiTaskTrainer(SupervisedTrainer):
         self._write_history()
 
     def _keep_best(self, stage: Stage) -> None:
-        weights = {k: v.detach().cpu().clone() for k, v in self.network.state_dict().items()}
+        weights = {k: v.detach().cpu().clone() for k, v in unwrap(self.network).state_dict().items()}
         self.best_weights[stage.name] = weights
-        if self.out_dir is not None:
+        if self.out_dir is not None and is_main_process():
             self.out_dir.mkdir(parents=True, exist_ok=True)
             _atomic_save(weights, self.out_dir / f"best_{stage.name}.pt")
 
@@ -492,17 +531,17 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.stage_state[stage.name]["stopped_early_at"] = epoch
 
     def _write_history(self) -> None:
-        if self.out_dir is None:
+        if self.history_dir is None or not is_main_process():
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"stages": [s.to_dict() for s in self.stages], "epochs": self.history}, indent=1, default=str)
-        (self.out_dir / "metrics.json").write_text(text)
+        self.history_dir.mkdir(parents=True, exist_ok=True)
+        record = {**self.run_info, "stages": [s.to_dict() for s in self.stages], "epochs": self.history}
+        (self.history_dir / "metrics.json").write_text(json.dumps(record, indent=1, default=str))
         keys: list[str] = []
         for row in self.history:
             for k in [*(f"loss_{t}" for t in row["loss"]), *(f"val_{m}" for m in row["val"])]:
                 if k not in keys:
                     keys.append(k)
-        with open(self.out_dir / "metrics.csv", "w", newline="") as f:
+        with open(self.history_dir / "metrics.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["epoch", "stage", "lr", *keys])
             for row in self.history:
@@ -514,14 +553,28 @@ class MultiTaskTrainer(SupervisedTrainer):
         for stage in reversed(self.stages):
             if stage.name in self.best_weights:
                 return self.best_weights[stage.name]
-        return self.network.state_dict()
+        return unwrap(self.network).state_dict()
 
     def run(self) -> None:  # type: ignore[override]
         super().run()
         if self.state.epoch >= self.state.max_epochs:
-            self.network.load_state_dict(self.final_weights())
-            if self.out_dir is not None:
-                _atomic_save(self.network.state_dict(), self.out_dir / "model.pt")
+            network = unwrap(self.network)
+            network.load_state_dict(self.final_weights())
+            if self.out_dir is not None and is_main_process():
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                _atomic_save(network.state_dict(), self.out_dir / "model.pt")
+
+
+def _cap_epochs(stages: Sequence[Stage], max_epochs: int) -> None:
+    """Shorten the plan to ``max_epochs`` epochs in all: the stages past the cap get 0 epochs."""
+    total = sum(s.epochs for s in stages)
+    if not 0 < max_epochs <= total:
+        plan = ", ".join(f"{s.name}: {s.epochs}" for s in stages)
+        raise ConfigError(f"max_epochs {max_epochs}: expected 1..{total}, the epochs of the plan ({plan}); set epochs per stage instead")
+    left = max_epochs
+    for stage in stages:
+        stage.epochs = min(stage.epochs, left)
+        left -= stage.epochs
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

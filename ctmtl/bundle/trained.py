@@ -1,0 +1,216 @@
+"""A run's trained bundle: its configs (with the run's values), its weights, and the pieces that read them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctmtl.errors import ConfigError, ModelError
+
+__all__ = ["export_trained_bundle", "load_weights", "SegmentationExport", "plan_stages", "plan_epochs", "add_log_file"]
+
+logger = logging.getLogger(__name__)
+
+#: what a trained bundle root gets from the shipped bundle
+BUNDLE_FILES: tuple[str, ...] = ("configs", "docs", "LICENSE")
+
+
+def _is_bundle_of(root: Path, source: Path) -> bool:
+    """Whether ``root`` already holds a copy of the bundle at ``source`` (same metadata ``name``)."""
+    try:
+        theirs = json.loads((root / "configs" / "metadata.json").read_text()).get("name")
+        ours = json.loads((source / "configs" / "metadata.json").read_text()).get("name")
+    except (OSError, ValueError):
+        return False
+    return theirs is not None and theirs == ours
+
+
+def export_trained_bundle(
+    bundle_root: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    resume: bool = False,
+    ckpt_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    source: str | Path | None = None,
+) -> Path:
+    """Make ``bundle_root`` a self-contained copy of the bundle for one run: ``configs/``, ``docs/`` and ``LICENSE``
+    of ``source``, with each value of ``overrides`` written into every config file that defines that top-level key.
+
+    Called by ``train.json`` before training, so that a run's folder is a trained bundle
+    (``docs/architecture.md``, "Trained bundle") as soon as ``models/model.pt`` is written, and records the values
+    the run used. Only rank 0 writes; every rank checks.
+
+    Args:
+        bundle_root: the run's bundle folder (created).
+        overrides: top-level config key -> value (JSON-serialisable), e.g. ``{"image_size": [128, 128]}``.
+        resume: the run resumes an earlier one in ``bundle_root``: its weights and checkpoints may exist.
+        ckpt_dir: folder of ``model.pt`` / ``best_<stage>.pt`` (default ``bundle_root/models``).
+        checkpoint_dir: folder of the resumable checkpoints (checked when given).
+        source: the bundle to copy (default the shipped one, :func:`ctmtl.bundle.bundle_path`). When it is
+            ``bundle_root`` itself nothing is copied (training in place).
+
+    Returns:
+        ``bundle_root``.
+
+    Raises:
+        ConfigError: not resuming, and ``bundle_root`` already holds trained weights or checkpoints (never
+            overwritten); a file to copy over exists in a folder that is not a copy of this bundle; a value that is
+            not JSON-serialisable.
+    """
+    from ctmtl.bundle.paths import bundle_path
+    from ctmtl.engines.trainer import is_main_process, latest_checkpoint
+
+    root = Path(bundle_root).expanduser().resolve()
+    source = Path(source).resolve() if source is not None else bundle_path()
+    ckpt = Path(ckpt_dir) if ckpt_dir is not None else root / "models"
+    if not resume:
+        found = [p for p in (ckpt / "model.pt", *sorted(ckpt.glob("best_*.pt"))) if p.is_file()]
+        if checkpoint_dir is not None and Path(checkpoint_dir).is_dir():
+            found += [p for p in [latest_checkpoint(checkpoint_dir)] if p is not None]
+        if found:
+            raise ConfigError(f"{found[0]}: exists; bundle_root {root} holds an earlier run (train into another "
+                              "bundle_root, or continue it with --resume True)")
+    if root == source:
+        logger.info("training in the bundle folder %s itself: its configs are left as they are", root)
+        return root
+    targets = [root / name for name in BUNDLE_FILES]
+    if any(t.exists() for t in targets) and not _is_bundle_of(root, source):
+        clash = next(t for t in targets if t.exists())
+        raise ConfigError(f"{clash}: exists, and {root} is not a copy of the bundle {source.name}; "
+                          "give an empty folder or a run's bundle folder as bundle_root")
+    values = dict(overrides or {})
+    for key, value in values.items():
+        try:
+            json.dumps(value)
+        except TypeError as err:
+            raise ConfigError(f"trained bundle value {key!r}: not JSON-serialisable ({err})") from None
+    if not is_main_process():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    for name in BUNDLE_FILES:
+        src = source / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy2(src, root / name)
+    for path in sorted((root / "configs").glob("*.json")):
+        config = json.loads(path.read_text())
+        changed = {k: v for k, v in values.items() if k in config and config[k] != v}
+        if changed:
+            config.update(changed)
+            path.write_text(json.dumps(config, indent=2) + "\n")
+    logger.info("bundle configs written to %s (%d values of this run)", root / "configs", len(values))
+    return root
+
+
+def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a plain ``state_dict`` file (``models/model.pt``) into ``network`` strictly and return the network.
+
+    Raises:
+        ModelError: no such file, or weights that do not fit the network (one line, see
+            :func:`ctmtl.inference.load_state_dict_strict`).
+    """
+    from ctmtl.inference import load_state_dict_strict
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no trained weights (has training finished? model.pt is written at its end)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    load_state_dict_strict(network, state, str(path))
+    return network
+
+
+class SegmentationExport(torch.nn.Module):
+    """The segmentation path of a :class:`ctmtl.networks.MultiTaskNet` (encoder + ``seg`` head; image ``B1HW`` in
+    [0, 1] -> lesion logits ``BCHW``) for ``python -m monai.bundle ckpt_export`` and ``verify_net_in_out``.
+
+    It scripts as encoder + head only (:meth:`MultiTaskNet.segmentation_module`), but reads and loads the *whole*
+    network's ``state_dict``, strictly, so ``models/model.pt`` loads into it as MONAI's export tools do it.
+    """
+
+    __jit_ignored_attributes__ = ["network"]
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        path = network.segmentation_module()
+        self.encoder = path.encoder
+        self.head = path.head
+        self.__dict__["network"] = network  # not a submodule: the export holds the segmentation path only
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(image))
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        from ctmtl.inference import load_state_dict_strict
+
+        load_state_dict_strict(self.network, state_dict, "SegmentationExport")
+        return torch.nn.modules.module._IncompatibleKeys([], [])
+
+
+def plan_stages(
+    plan: str | Sequence[Mapping[str, Any]],
+    epochs: Any = 1,
+    freeze_encoder: bool | Sequence[str] = False,
+    tasks: Sequence[str] | None = None,
+) -> list:
+    """The stages of the bundle's ``plan`` value (:func:`ctmtl.engines.stages.build_plan`).
+
+    Args:
+        plan: a named plan (``staged``, ``joint``, ``class`` ...) or a list of stage dicts.
+        epochs: epochs per stage of a named plan (number, list, or dict by stage name).
+        freeze_encoder: keep the shared encoder fixed in every stage (True) or in the stages named (e.g.
+            ``["sr", "dr"]``: train it on classification, then reuse it). A stage dict's own value wins.
+        tasks: the heads the network has; stages without one of their primary tasks are left out.
+
+    Raises:
+        ConfigError: a bad plan, or a stage named in ``freeze_encoder`` that the plan does not have.
+    """
+    from ctmtl.engines.stages import Stage, build_plan
+
+    stages = build_plan(plan, epochs=epochs, tasks=tasks)
+    if isinstance(freeze_encoder, bool):
+        frozen = {s.name for s in stages} if freeze_encoder else set()
+    else:
+        frozen = set(freeze_encoder)
+        names = {s.name for s in build_plan(plan, epochs=epochs)}
+        if frozen - names:
+            raise ConfigError(f"freeze_encoder names stages {sorted(frozen - names)} that plan {plan!r} does not have ({sorted(names)})")
+    explicit = {d.get("name") for d in plan if isinstance(d, Mapping) and "freeze_encoder" in d} if not isinstance(plan, str) else set()
+    return [
+        Stage(**{**s.to_dict(), "freeze_encoder": s.name in frozen}) if s.name in frozen and s.name not in explicit else s
+        for s in stages
+    ]
+
+
+def plan_epochs(stages: Sequence[Any]) -> int:
+    """Total epochs of a list of stages: the trainer's ``max_epochs``."""
+    return sum(int(s.epochs) for s in stages)
+
+
+def add_log_file(path: str | Path, level: int | str = logging.INFO) -> Path | None:
+    """Also write the root logger to ``path`` (rank 0 only; once per file), with the console's format."""
+    from ctmtl.engines.trainer import is_main_process
+
+    if not is_main_process():
+        return None
+    path = Path(path).resolve()
+    root = logging.getLogger()
+    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path for h in root.handlers):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setLevel(level)
+    console = next((h for h in root.handlers if h.formatter is not None), None)
+    handler.setFormatter(console.formatter if console is not None else logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    root.addHandler(handler)
+    return path
