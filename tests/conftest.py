@@ -23,6 +23,24 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Undo what a bundle run's ``logging.conf`` (``logging.config.fileConfig``) does to the process: root handlers
+    bound to this test's captured stderr (closed afterwards) and disabled loggers would break later tests."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger):
+            logger.disabled = False
+
+
 def real_sample(name: str) -> Path:
     """Path of a real-data excerpt under ../shared/real_samples, or skip the test."""
     path = REAL_SAMPLES / name

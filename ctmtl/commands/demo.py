@@ -48,12 +48,11 @@ def demo(out: str | Path = DEFAULT_OUT, resume: bool = False, **overrides: Any) 
     seconds["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    evaluation = run_workflow([out / "configs" / "evaluate.json"], "eval", bundle_root=str(out))
+    run_workflow([out / "configs" / "evaluate.json"], "eval", bundle_root=str(out), report_dir=str(out))
     seconds["evaluate"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - start
-    output_dir = Path(evaluation.parser.get_parsed_content("output_dir"))
-    test = json.loads((output_dir / "test_metrics.json").read_text())
-    report = output_dir / "report.md"
+    test = json.loads((out / "test_metrics.json").read_text())
+    report = out / "report.md"
     summary = {"test": test, "seconds": {k: round(v, 1) for k, v in seconds.items()}, "report": str(report), "targets": TARGETS}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     _append_summary(report, test, seconds)
@@ -79,10 +78,9 @@ def add_parser(subparsers) -> None:
         "demo", help="train and evaluate on the built-in synthetic data set, write a report",
         description="Generate synthetic chest CT, train the staged multi-task model (bundle train.json + demo.json), "
                     "evaluate on the test split and write DIR/report.md.")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder, a trained bundle (default {DEFAULT_OUT})")
-    parser.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="set a bundle config value (YAML), e.g. -o device=cuda -o image_size=[256,256]")
-    parser.add_argument("--resume", action="store_true", help="resume an interrupted demo in --out")
+    from ctmtl.commands.train import add_run_arguments
+
+    add_run_arguments(parser, DEFAULT_OUT)
     parser.set_defaults(func=run)
 
 

@@ -14,7 +14,6 @@ It is equivalent to::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -97,11 +96,16 @@ def add_parser(subparsers) -> None:
         description="Train through the chest_ct_multitask bundle; the output folder becomes a trained bundle.")
     parser.add_argument("config", nargs="?", type=Path,
                         help="train config, override file (JSON/YAML) or bundle folder; default: the shipped train.json")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"run folder / trained bundle (default {DEFAULT_OUT})")
-    parser.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="set a config value (YAML): -o encoder=small -o image_size=[128,128] -o plan=joint")
-    parser.add_argument("--resume", action="store_true", help="resume the interrupted run in --out from its last checkpoint")
+    add_run_arguments(parser, DEFAULT_OUT)
     parser.set_defaults(func=run)
+
+
+def add_run_arguments(parser, default_out: Path) -> None:
+    """``--out``, ``--override``/``-o`` and ``--resume``: the arguments of every command that runs the bundle."""
+    parser.add_argument("--out", type=Path, default=default_out, help=f"run folder, a trained bundle (default {default_out})")
+    parser.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a bundle config value (YAML): -o encoder=small -o image_size=[128,128] -o plan=joint")
+    parser.add_argument("--resume", action="store_true", help="resume the interrupted run in --out from its last checkpoint")
 
 
 def run(args) -> int:
@@ -116,10 +120,3 @@ def run(args) -> int:
           f"python -m monai.bundle run --config_file {args.out / 'configs' / 'evaluate.json'} --bundle_root {args.out}")
     return 0
 
-
-def _json_default(value: Any) -> Any:
-    return str(value)
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=1, default=_json_default)
