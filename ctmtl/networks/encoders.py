@@ -228,17 +228,18 @@ class EncoderRegistry(FlexUNetEncoderRegister, Mapping[str, EncoderEntry]):
     def __len__(self) -> int:
         return len(self.register_dict)
 
-    def build(self, name: str, in_channels: int = 1, weights: str | Path | None = None) -> nn.Module:
+    def build(self, name: str, in_channels: int = 1, weights: str | Path | None = None, **kwargs: Any) -> nn.Module:
         """Build encoder ``name`` for 2D images with ``in_channels`` channels, never downloading weights.
 
         Args:
             name: a registered encoder name.
             in_channels: image channels.
             weights: optional local file holding the encoder's ``state_dict`` (see :func:`load_encoder_weights`).
+            kwargs: further constructor arguments of the encoder class (e.g. ``norm="instance"`` for ``small``).
         """
         entry = self[name]
         # a copy: MONAI's FlexibleUNet updates the registered dict in place
-        parameters = {**entry.parameters, "spatial_dims": 2, "in_channels": in_channels, "pretrained": False}
+        parameters = {**entry.parameters, **kwargs, "spatial_dims": 2, "in_channels": in_channels, "pretrained": False}
         encoder = entry.type(**parameters)
         if weights is not None:
             load_encoder_weights(encoder, weights, name=name)

@@ -51,6 +51,7 @@ class MultiTaskNet(nn.Module):
         decoder_channels: widths of the segmentation / reconstruction decoder blocks, deepest first
             (default :func:`ctmtl.networks.heads.default_decoder_channels` of the encoder).
         encoder_weights: local ``state_dict`` file for the encoder (never downloaded).
+        encoder_kwargs: further arguments of the encoder class, e.g. ``{"norm": "instance"}`` for ``small``.
         class_hidden, class_dropout: the classification MLP (dense 128 -> 64, dropout 0.5).
         det_kwargs: further arguments of the detection head (:class:`~ctmtl.networks.detection.RetinaNetHead`,
             :class:`~ctmtl.networks.detection.MaskRCNNHead`), e.g. ``{"fpn_channels": 32, "levels": (1, 2, 3)}``.
@@ -80,6 +81,7 @@ class MultiTaskNet(nn.Module):
         det_classes: int = 1,
         decoder_channels: Sequence[int] | None = None,
         encoder_weights: str | Path | None = None,
+        encoder_kwargs: Mapping[str, Any] | None = None,
         class_hidden: Sequence[int] = (128, 64),
         class_dropout: float = 0.5,
         det_kwargs: Mapping[str, Any] | None = None,
@@ -94,7 +96,7 @@ class MultiTaskNet(nn.Module):
         self.tasks = tasks
         self.encoder_name = encoder
         self.in_channels = in_channels
-        self.encoder = ENCODERS.build(encoder, in_channels, weights=encoder_weights)
+        self.encoder = ENCODERS.build(encoder, in_channels, weights=encoder_weights, **dict(encoder_kwargs or {}))
         stage_channels = ENCODERS[encoder].out_channels
         self.size_divisible = 2 ** len(stage_channels)
         decoder_channels = tuple(decoder_channels or default_decoder_channels(stage_channels))
