@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +16,22 @@ import torch
 
 from ctmtl.errors import ConfigError, ModelError
 
-__all__ = ["export_trained_bundle", "load_weights", "SegmentationExport", "plan_stages", "plan_epochs", "add_log_file"]
+__all__ = [
+    "export_trained_bundle",
+    "copy_chains",
+    "load_weights",
+    "SegmentationExport",
+    "plan_stages",
+    "plan_epochs",
+    "add_log_file",
+]
 
 logger = logging.getLogger(__name__)
 
 #: what a trained bundle root gets from the shipped bundle
 BUNDLE_FILES: tuple[str, ...] = ("configs", "docs", "LICENSE")
+#: the trained bundle's folder of preprocessing chains (its configs search it first: ``chain_dirs``)
+CHAINS_DIR = "chains"
 
 
 def _is_bundle_of(root: Path, source: Path) -> bool:
@@ -39,13 +52,16 @@ def export_trained_bundle(
     ckpt_dir: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     source: str | Path | None = None,
+    manifests: Iterable[str | Path] | str | Path | None = None,
 ) -> Path:
     """Make ``bundle_root`` a self-contained copy of the bundle for one run: ``configs/``, ``docs/`` and ``LICENSE``
-    of ``source``, with each value of ``overrides`` written into every config file that defines that top-level key.
+    of ``source``, with each value of ``overrides`` written into every config file that defines that top-level key,
+    and ``chains/``: every preprocessing chain the run can use (:func:`copy_chains`), which the configs search
+    first (their ``chain_dirs``), so the run, and the bundle wherever it is used later, read these copies.
 
     Called by ``train.json`` before training, so that a run's folder is a trained bundle
     (``docs/architecture.md``, "Trained bundle") as soon as ``models/model.pt`` is written, and records the values
-    the run used. Only rank 0 writes; every rank checks.
+    the run used. Only rank 0 writes; every rank checks, and waits for rank 0 (``torch.distributed`` barrier).
 
     Args:
         bundle_root: the run's bundle folder (created).
@@ -53,8 +69,11 @@ def export_trained_bundle(
         resume: the run resumes an earlier one in ``bundle_root``: its weights and checkpoints may exist.
         ckpt_dir: folder of ``model.pt`` / ``best_<stage>.pt`` (default ``bundle_root/models``).
         checkpoint_dir: folder of the resumable checkpoints (checked when given).
-        source: the bundle to copy (default the shipped one, :func:`ctmtl.bundle.bundle_path`). When it is
-            ``bundle_root`` itself nothing is copied (training in place).
+        source: the bundle to copy (default the shipped one, :func:`ctmtl.bundle.bundle_path`); the chains of its
+            own ``chains/`` (a trained bundle's) come before the installed ones. When it is ``bundle_root`` itself
+            nothing is copied (training in place).
+        manifests: the run's manifest files, whose chains named by path are copied into ``chains/`` too; default
+            ``overrides["dataset_manifest"]`` (``train.json`` writes the resolved manifest paths there).
 
     Returns:
         ``bundle_root``.
@@ -91,23 +110,146 @@ def export_trained_bundle(
             json.dumps(value)
         except TypeError as err:
             raise ConfigError(f"trained bundle value {key!r}: not JSON-serialisable ({err})") from None
-    if not is_main_process():
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    for name in BUNDLE_FILES:
-        src = source / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, dirs_exist_ok=True)
-        elif src.is_file():
-            shutil.copy2(src, root / name)
-    for path in sorted((root / "configs").glob("*.json")):
-        config = json.loads(path.read_text())
-        changed = {k: v for k, v in values.items() if k in config and config[k] != v}
-        if changed:
-            config.update(changed)
-            path.write_text(json.dumps(config, indent=2) + "\n")
-    logger.info("bundle configs written to %s (%d values of this run)", root / "configs", len(values))
+    if manifests is None:
+        manifests = values.get("dataset_manifest")
+    if is_main_process():
+        root.mkdir(parents=True, exist_ok=True)
+        for name in BUNDLE_FILES:
+            src = source / name
+            if src.is_dir():
+                shutil.copytree(src, root / name, dirs_exist_ok=True)
+            elif src.is_file():
+                shutil.copy2(src, root / name)
+        for path in sorted((root / "configs").glob("*.json")):
+            config = json.loads(path.read_text())
+            changed = {k: v for k, v in values.items() if k in config and config[k] != v}
+            if changed:
+                config.update(changed)
+                path.write_text(json.dumps(config, indent=2) + "\n")
+        logger.info("bundle configs written to %s (%d values of this run)", root / "configs", len(values))
+        copy_chains(root / CHAINS_DIR, _manifest_paths(manifests), search_dirs=[source / CHAINS_DIR])
+    _barrier()  # the other ranks build their data sets from bundle_root/chains: wait until rank 0 has written it
     return root
+
+
+def _barrier() -> None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _manifest_paths(manifests: Iterable[str | Path] | str | Path | None) -> list[Path]:
+    """The manifest files among ``manifests`` (a path or a list; ids and other values are left out)."""
+    if manifests is None:
+        return []
+    items = [manifests] if isinstance(manifests, (str, Path)) else list(manifests)
+    return [Path(m) for m in items if isinstance(m, (str, Path)) and Path(m).is_file()]
+
+
+def _path_chains(manifests: Sequence[Path]) -> list[Path]:
+    """The files of the chains that the manifests' entries (or headers) name by path."""
+    from ctmtl.data.chains import CHAIN_SUFFIXES, find_chain
+    from ctmtl.data.manifest import load_manifest
+    from ctmtl.errors import CtmtlError
+
+    found: list[Path] = []
+    for path in manifests:
+        try:
+            manifest = load_manifest(path)
+            names = {manifest.chain_of(entry) for entry in manifest.entries}
+        except (CtmtlError, KeyError, TypeError):
+            continue  # the data set reports a bad manifest itself
+        for name in sorted(names):
+            if "/" in name or os.sep in name or name.endswith(CHAIN_SUFFIXES):
+                try:
+                    file = find_chain(name, base_dir=manifest.root)
+                except CtmtlError:
+                    continue  # likewise: the data set names the entry whose chain is missing
+                if file not in found:
+                    found.append(file)
+    return found
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()[:8]
+
+
+def copy_chains(
+    dest: str | Path, manifests: Iterable[str | Path] = (), search_dirs: Iterable[str | Path] = ()
+) -> dict[str, Path]:
+    """Copy every chain a run can use into ``dest`` (a trained bundle's ``chains/``): each chain a bare name reaches
+    (:func:`ctmtl.data.chains.available_chains`: ``search_dirs``, ``$CTMTL_CHAIN_PATH``, the shipped ones), and
+    each chain the ``manifests`` name by path (under its file name, or ``<name>-<hash>`` where that name is
+    another chain's).
+
+    A chain is copied as it is, unless its ``_extends_`` would resolve to something else from ``dest`` (a base
+    named by a relative path, or shadowed by another chain of that name): then its resolved configuration is
+    written, as JSON. A file that ``dest`` already holds with other contents is kept, with a warning (a resumed
+    run goes on with the chains it started with; a chain edited in a bundle stays edited): the configs search
+    ``dest`` first, so the run uses it.
+
+    Returns:
+        chain file name -> the file it was copied from.
+    """
+    from ctmtl.data.chains import available_chains, chain_config
+    from ctmtl.errors import ChainError
+
+    dest = Path(dest)
+    sources: dict[str, Path] = {path.name: path.resolve() for path in available_chains(list(search_dirs)).values()}
+    taken = {Path(name).stem for name in sources}
+    for path in _path_chains(list(manifests)):
+        if path in sources.values():
+            continue
+        name = path.name
+        if path.stem in taken:
+            name = f"{path.stem}-{_digest(path.read_bytes())}{path.suffix}"
+        taken.add(Path(name).stem)
+        sources[name] = path
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".chains-", dir=dest.parent) as tmp:
+        staged = Path(tmp)
+        for name, src in sources.items():
+            shutil.copy2(src, staged / name)
+        flat: set[str] = set()
+        for _ in range(len(sources)):  # flattening one chain can change what the chains extending it resolve to
+            changed = False
+            for name, src in sources.items():
+                if name in flat:
+                    continue
+                try:
+                    same = chain_config(staged / name)[0] == chain_config(src)[0]
+                except ChainError:
+                    same = False
+                if not same:
+                    try:
+                        config = chain_config(src)[0]
+                    except ChainError as err:
+                        logger.warning("chain %s not copied into %s: %s", src, dest, err.problems[0])
+                        (staged / name).unlink()
+                        flat.add(name)
+                        continue
+                    target = staged / f"{Path(name).stem}.json"
+                    (staged / name).unlink()
+                    target.write_text(json.dumps(config, indent=2) + "\n")
+                    flat.add(name)
+                    changed = True
+            if not changed:
+                break
+        dest.mkdir(exist_ok=True)
+        kept: list[str] = []
+        for file in sorted(staged.iterdir()):
+            target = dest / file.name
+            if target.is_file() and target.read_bytes() == file.read_bytes():
+                continue
+            if target.exists():
+                kept.append(file.name)
+                continue
+            os.replace(file, target)  # atomic: a reader never sees half a chain
+    if kept:
+        logger.warning("%s: kept the bundle's own %s (other contents than the chain%s ctmtl finds now); the bundle "
+                       "uses its own", dest, ", ".join(kept), "s" if len(kept) > 1 else "")
+    logger.info("chains of the run in %s (%d)", dest, len(sources))
+    return sources
 
 
 def load_weights(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:

@@ -305,6 +305,7 @@ class PredictionWriter:
         seg_threshold: lesion probability cut-off (one-channel head).
         score_threshold: boxes with a lower score are left out.
         image_size: the network's input size, recorded in ``predictions.json``.
+        chain_dirs: folders searched first for the ``inference_post`` chain (a trained bundle's ``chains/``).
     """
 
     def __init__(
@@ -315,6 +316,7 @@ class PredictionWriter:
         seg_threshold: float = 0.5,
         score_threshold: float = 0.5,
         image_size: Sequence[int] | None = None,
+        chain_dirs: Sequence[str | Path] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = tuple(class_names)
@@ -322,6 +324,7 @@ class PredictionWriter:
         self.seg_threshold = float(seg_threshold)
         self.score_threshold = float(score_threshold)
         self.image_size = list(image_size) if image_size is not None else None
+        self.chain_dirs = [Path(d) for d in (chain_dirs or [])]
         self._post: dict[bool, Any] = {}
         self._reset(None)
 
@@ -341,7 +344,7 @@ class PredictionWriter:
             from ctmtl.data.chains import load_chain
 
             overrides = {"multiclass_seg": multiclass, "seg_threshold": self.seg_threshold, "invert": False}
-            self._post[multiclass] = load_chain("inference_post", overrides)
+            self._post[multiclass] = load_chain("inference_post", overrides, search_dirs=self.chain_dirs)
         return self._post[multiclass]
 
     def _collect(self, engine: Engine) -> None:

@@ -16,8 +16,9 @@ Because MONAI Label would silently serve random weights where keys do not fit, e
 it is published: ``network_def`` is built from the *written* config, the *written* weights are loaded
 strictly, and the wrapper must reproduce the multi-task network's output for that head.
 
-Preprocessing is the chain the model was trained with (``slice_8bit`` for PNG / JPEG studies), copied into the
-bundle's ``configs/`` with the training parameters (``chain_overrides``), and run by
+Preprocessing is the chain the model was trained with (``slice_8bit`` for PNG / JPEG studies; taken from the
+trained bundle's own ``chains/`` when it has one), copied into the bundle's ``configs/`` with the training
+parameters (``chain_overrides``), and run by
 :class:`ctmtl.export.RunChaind`; postprocessing is ctmtl's ``inference_post`` (the same steps as
 ``ctmtl predict``) on the output key ``pred``, ending with the label map in the form MONAI Label writes.
 The bundle needs the installed ``ctmtl`` package and nothing else.
@@ -122,11 +123,12 @@ def head_state_dict(network: torch.nn.Module, task: str) -> dict[str, torch.Tens
 # ------------------------------------------------------------------------------------------------- configs
 
 
-def _post_steps(key: str, task: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Parameters and the ``task`` steps of :data:`POST_CHAIN`, rewritten to act on ``key``."""
+def _post_steps(key: str, task: str, chain_dirs: Iterable[str | Path] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Parameters and the ``task`` steps of :data:`POST_CHAIN` (looked up in ``chain_dirs`` first), rewritten to
+    act on ``key``."""
     from ctmtl.data.chains import chain_config
 
-    config, _ = chain_config(POST_CHAIN)
+    config, _ = chain_config(POST_CHAIN, list(chain_dirs))
     params = {k: v for k, v in config.items() if k != "transforms" and not k.startswith("_")}
     steps = []
     for step in config["transforms"]:
@@ -177,7 +179,7 @@ def label_bundle_configs(
     }
     if head.task == SEG:
         seg_channels = int(network_args.get("seg_channels", 1))
-        params, steps = _post_steps("pred", SEG)
+        params, steps = _post_steps("pred", SEG, loaded.chain_dirs)
         params["multiclass_seg"] = seg_channels > 1
         inference.update(params)
         steps.append({"_target_": "ctmtl.export.LabelMapd", "keys": "pred"})
@@ -202,7 +204,7 @@ def label_bundle_configs(
                   "num_channels": 6, "spatial_shape": [-1, 6], "dtype": "float32", "value_range": [], "is_patch_data": False,
                   "channel_def": labels}
     elif head.task == CLASS:
-        params, steps = _post_steps("pred", CLASS)
+        params, steps = _post_steps("pred", CLASS, loaded.chain_dirs)
         steps.append({"_target_": "ToMetaTensord", "keys": "pred"})  # MONAI Label's ClassificationWriter reads .array
         num_classes = int(network_args.get("num_classes", len(loaded.class_names)))
         names = list(loaded.class_names) if len(loaded.class_names) == num_classes else [f"class-{i}" for i in range(num_classes)]
@@ -385,6 +387,7 @@ def export_label(
         name: bundle name prefix.
         overwrite: replace existing bundles of the same names; without it an existing one is an error.
         chain: the preprocessing chain the model was trained with (name or file); ``slice_8bit`` for PNG / JPEG.
+            A name is looked up in the trained bundle's ``chains/`` first (:attr:`LoadedModel.chain_dirs`).
         tasks: short names of the heads to export (default: every servable head the network has).
 
     Returns:
@@ -411,7 +414,7 @@ def export_label(
         raise ModelError(f"{loaded.bundle_root}: the network has heads {list(loaded.tasks)}; cannot export {missing or list(LABEL_HEADS)}")
     network_args = _network_args(loaded)
 
-    chain_cfg, chain_path = chain_config(chain)
+    chain_cfg, chain_path = chain_config(chain, loaded.chain_dirs)
     load_chain(chain_path, loaded.chain_overrides)  # fails now, with the chain's name, if it does not build
     chain_file = f"{chain_path.stem}.json"
 

@@ -2,8 +2,9 @@
 
 A trained bundle is what ``ctmtl train`` / ``ctmtl demo`` write and what ``python -m monai.bundle run`` leaves
 in a bundle root: ``configs/inference.json`` (defines ``network_def`` and, at top level, ``image_size``
-``[H, W]`` and optionally ``chain_overrides``, ``class_names``) and ``models/model.pt`` (a plain ``state_dict``
-of ``network_def``, loaded strictly). Everything that predicts or exports starts here, so a checkpoint that does
+``[H, W]`` and optionally ``chain_overrides``, ``class_names``), ``models/model.pt`` (a plain ``state_dict``
+of ``network_def``, loaded strictly) and ``chains/`` (the preprocessing chains of its run, used before the
+installed ones). Everything that predicts or exports starts here, so a checkpoint that does
 not fit its config fails once, with one line, before any work.
 """
 
@@ -23,6 +24,8 @@ __all__ = ["LoadedModel", "find_bundle_root", "load_model", "load_state_dict_str
 
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 MODEL_FILE = Path("models") / "model.pt"
+#: a trained bundle's preprocessing chains, searched before the installed ones
+CHAINS_DIR = Path("chains")
 
 
 @dataclass
@@ -38,6 +41,8 @@ class LoadedModel:
         class_names: diagnosis classes in label order.
         device: where the network runs.
         weights: the weights file loaded (``None`` when the model was built otherwise).
+        chain_dirs: folders searched first for a chain by name: the bundle's own ``chains/`` (a trained bundle
+            carries the chains of its run, :func:`ctmtl.bundle.export_trained_bundle`), when it has one.
     """
 
     network: torch.nn.Module
@@ -48,6 +53,7 @@ class LoadedModel:
     class_names: tuple[str, ...] = CLASS_NAMES
     device: torch.device = torch.device("cpu")
     weights: Path | None = None
+    chain_dirs: tuple[Path, ...] = ()
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -142,4 +148,6 @@ def load_model(model: str | Path, device: str | torch.device | None = None, weig
     overrides = dict(parser.get_parsed_content("chain_overrides")) if "chain_overrides" in parser else {}
     overrides.setdefault("spatial_size", [int(s) for s in size])
     names = tuple(parser.get_parsed_content("class_names")) if "class_names" in parser else CLASS_NAMES
-    return LoadedModel(network, root, parser, (int(size[0]), int(size[1])), overrides, names, device, weights.resolve())
+    chains = root / CHAINS_DIR
+    return LoadedModel(network, root, parser, (int(size[0]), int(size[1])), overrides, names, device, weights.resolve(),
+                       chain_dirs=(chains.resolve(),) if chains.is_dir() else ())

@@ -3,7 +3,8 @@
 :class:`Predictor` holds a loaded trained bundle (:func:`ctmtl.inference.load_model`) and runs an input through
 
 1. the input's preprocessing chain -- the same chains as training (``ct_volume_hu`` for NIfTI, ``dicom_series``
-   for DICOM, ``slice_8bit`` for 2D images, or a manifest entry's own), with the model's ``chain_overrides``
+   for DICOM, ``slice_8bit`` for 2D images, or a manifest entry's own; a name is looked up in the trained
+   bundle's ``chains/`` first, :attr:`LoadedModel.chain_dirs`), with the model's ``chain_overrides``
    (slice size, window...) and every slice selected (``slice_mode="all"``);
 2. the network, batch by batch, on the model's device, with only the heads the model has among ``class``,
    ``seg`` and ``det`` (``recon`` is not run: its output is the input);
@@ -291,7 +292,8 @@ class Predictor:
         if key not in self._chains:
             overrides = {**self.model.chain_overrides, "slice_mode": "all"}
             try:
-                self._chains[key] = load_chain(item.chain_name, overrides, base_dir=item.chain_dir)
+                self._chains[key] = load_chain(item.chain_name, overrides, search_dirs=self.model.chain_dirs,
+                                               base_dir=item.chain_dir)
             except ChainError as err:
                 raise ChainError([f"{item.path}: {line}" for line in err.problems]) from None
         return self._chains[key]
@@ -314,7 +316,7 @@ class Predictor:
     def _post_chain(self, multiclass: bool) -> Chain:
         if multiclass not in self._post:
             params = {"multiclass_seg": multiclass, "seg_threshold": self.threshold, "invert": False}
-            self._post[multiclass] = load_chain(POST_CHAIN, params, strict=True)
+            self._post[multiclass] = load_chain(POST_CHAIN, params, search_dirs=self.model.chain_dirs, strict=True)
         return self._post[multiclass]
 
     def _preprocess(self, item: PredictInput, chain: Chain) -> list[dict]:
