@@ -83,6 +83,9 @@ def train(config: str | Path | None, out: str | Path, overrides: Mapping[str, An
     """Run the bundle's train workflow into the bundle root ``out``; returns the finished ``ConfigWorkflow``."""
     from ctmtl.bundle import run_workflow
 
+    own = Path(out) / "configs" / "train.json"
+    if resume and config is None and own.is_file():
+        config = own  # a resumed run continues with the values it was started with
     files = [*config_files(config), *map(Path, extra_files)]
     values = dict(overrides or {})
     if resume:

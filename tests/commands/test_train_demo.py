@@ -57,6 +57,11 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     report = Path(summary["report"])
     text = report.read_text()
     assert "Demo targets" in text and "segmentation Dice" in text
+    # each stage's best weights scored on its own tasks (the papers' per-stage protocol)
+    assert list(summary["stages"]) == ["cr", "sr", "dr", "joint"]
+    assert summary["stages"]["cr"]["tasks"] == ["class", "recon"] and "class_accuracy" in summary["stages"]["cr"]
+    assert "seg_dice" not in summary["stages"]["cr"] and "det_ap50" in summary["stages"]["dr"]
+    assert (out / "stages" / "sr" / "report.md").is_file() and "[report](stages/sr/report.md)" in text
     assert list(report.parent.glob("*.png")), "the report has no plots"
     # the run folder is a trained bundle with the values it was trained with
     inference = json.loads((out / "configs" / "inference.json").read_text())
@@ -68,3 +73,41 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     history = json.loads((out / "runs" / "metrics.json").read_text())
     assert [r["stage"] for r in history["epochs"]] == ["cr", "sr", "dr", "joint"]
     assert "demo finished" in printed
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_planned_epochs(tmp_path):
+    """Kill a training process after its first checkpoint (mid-way through the next epoch); ``--resume`` finishes
+    the plan with the same epochs, continuing the run's own configs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), *TINY, "-o", "plan=joint", "-o", "epochs=4", "-o", "tasks=[class,seg,recon]",
+            "-o", "patience=null"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ctmtl.cli", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoints = out / "runs" / "checkpoints"
+    deadline = time.time() + 300
+    try:
+        while not list(checkpoints.glob("last_*epoch=*.pt")):
+            assert proc.poll() is None, "training ended before its first checkpoint"
+            assert time.time() < deadline, "no checkpoint within 5 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    history = json.loads((out / "runs" / "metrics.json").read_text())["epochs"]
+    assert 1 <= len(history) < 4
+    assert not (out / "models" / "model.pt").exists()
+
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    history = json.loads((out / "runs" / "metrics.json").read_text())["epochs"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert (out / "models" / "model.pt").is_file()
+    # a finished run is not trained again by accident
+    assert main(["train", "--out", str(out), *TINY]) == 2
