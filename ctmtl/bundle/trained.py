@@ -95,7 +95,7 @@ def export_trained_bundle(
             found += [p for p in [latest_checkpoint(checkpoint_dir)] if p is not None]
         if found:
             raise ConfigError(f"{found[0]}: exists; bundle_root {root} holds an earlier run (train into another "
-                              "bundle_root, or continue it with --resume True)")
+                              "bundle_root, or continue it: ctmtl train|demo --resume, or --resume True with monai.bundle run)")
     if root == source:
         logger.info("training in the bundle folder %s itself: its configs are left as they are", root)
         return root
