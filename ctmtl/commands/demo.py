@@ -28,6 +28,7 @@ LABELS: dict[str, str] = {"seg_dice": "segmentation Dice", "class_accuracy": "cl
 def demo(out: str | Path = DEFAULT_OUT, resume: bool = False, **overrides: Any) -> dict[str, Any]:
     """Run the demo into ``out``; returns ``{"test": test metrics, "seconds": {...}, "report": path}``."""
     from ctmtl.bundle import config_file, resolve_manifests, run_workflow
+    from ctmtl.commands.train import train
     from ctmtl.data.check import check_manifest
     from ctmtl.errors import DataError
 
@@ -42,13 +43,7 @@ def demo(out: str | Path = DEFAULT_OUT, resume: bool = False, **overrides: Any) 
     seconds["data"] = time.perf_counter() - start
 
     t = time.perf_counter()
-    values = {"bundle_root": str(out), "dataset_dir": str(dataset_dir), **overrides}
-    if resume:
-        values["resume"] = True
-    own = out / "configs" / "train.json"
-    # a resumed demo continues with the values it was started with (its own configs hold them)
-    files = [own] if resume and own.is_file() else [config_file("train.json"), config_file("demo.json")]
-    run_workflow(files, "train", **values)
+    train(None, out, {"dataset_dir": str(dataset_dir), **overrides}, resume=resume, extra_files=[config_file("demo.json")])
     seconds["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -84,6 +79,11 @@ def _evaluate_stages(out: Path, evaluate: Path) -> dict[str, dict[str, Any]]:
     return results
 
 
+def _own_targets(tasks: list[str]) -> list[str]:
+    """The target metrics (``seg_dice``, ...) of a stage's tasks (``seg``, ...), in :data:`TARGETS` order."""
+    return [key for key in TARGETS if key.split("_")[0] in tasks]
+
+
 def _shown(value: Any) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
@@ -96,7 +96,8 @@ def _append_summary(report: Path, test: dict[str, Any], stages: dict[str, dict[s
              "(after the last stage) on every head.", "", "| stage | tasks | " + " | ".join(LABELS[k] for k in TARGETS) + " | report |",
              "|---|---|" + "---|" * len(TARGETS) + "---|"]
     for name, metrics in stages.items():
-        cells = [_shown(metrics.get(k)) if k.split("_")[0] in metrics["tasks"] else "" for k in TARGETS]
+        own = _own_targets(metrics["tasks"])
+        cells = [_shown(metrics.get(k)) if k in own else "" for k in TARGETS]
         lines.append(f"| {name} | {', '.join(metrics['tasks'])} | " + " | ".join(cells) + f" | [report](stages/{name}/report.md) |")
     lines += ["", "## Demo targets (final model, synthetic test split)", "", "| metric | target | reached | |", "|---|---|---|---|"]
     for key, target in TARGETS.items():
@@ -128,6 +129,6 @@ def run(args) -> int:
     for key, target in TARGETS.items():
         print(f"  {LABELS[key]:<24} {_shown(test.get(key))}  (target >= {target:.2f})")
     for name, metrics in summary["stages"].items():
-        scores = ", ".join(f"{LABELS[k]} {_shown(metrics.get(k))}" for k in TARGETS if k.split("_")[0] in metrics["tasks"])
+        scores = ", ".join(f"{LABELS[k]} {_shown(metrics.get(k))}" for k in _own_targets(metrics["tasks"]))
         print(f"  stage {name} (best weights, own tasks): {scores}")
     return 0

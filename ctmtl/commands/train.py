@@ -85,8 +85,9 @@ def train(config: str | Path | None, out: str | Path, overrides: Mapping[str, An
 
     own = Path(out) / "configs" / "train.json"
     if resume and config is None and own.is_file():
-        config = own  # a resumed run continues with the values it was started with
-    files = [*config_files(config), *map(Path, extra_files)]
+        files = [own]  # a resumed run continues with the values it was started with (extra files included)
+    else:
+        files = [*config_files(config), *map(Path, extra_files)]
     values = dict(overrides or {})
     if resume:
         values["resume"] = True
