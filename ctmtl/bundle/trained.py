@@ -61,7 +61,8 @@ def export_trained_bundle(
 
     Called by ``train.json`` before training, so that a run's folder is a trained bundle
     (``docs/architecture.md``, "Trained bundle") as soon as ``models/model.pt`` is written, and records the values
-    the run used. Only rank 0 writes; every rank checks, and waits for rank 0 (``torch.distributed`` barrier).
+    the run used. Every rank checks the folder as it was, then rank 0 alone writes while the others wait (``torch.distributed``
+    barriers before and after the writing).
 
     Args:
         bundle_root: the run's bundle folder (created).
@@ -112,6 +113,9 @@ def export_trained_bundle(
             raise ConfigError(f"trained bundle value {key!r}: not JSON-serialisable ({err})") from None
     if manifests is None:
         manifests = values.get("dataset_manifest")
+    # every rank has checked the folder as it was before the run; only then may rank 0 write into it (else another
+    # rank could read a half-copied configs/metadata.json and take the folder for a foreign one)
+    _barrier()
     if is_main_process():
         root.mkdir(parents=True, exist_ok=True)
         for name in BUNDLE_FILES:
