@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from ctmtl.constants import SHORT_TASKS
@@ -111,6 +111,20 @@ PLANS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
 }
 
 
+def _stage_from_dict(spec: Any, index: int) -> Stage:
+    """A :class:`Stage` from one entry of a plan list, with an error that names the entry."""
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"plan stage {index}: expected a dict with name, tasks and epochs, got {spec!r}")
+    names = {f.name for f in fields(Stage)}
+    required = {f.name for f in fields(Stage) if f.default is MISSING and f.default_factory is MISSING}
+    missing = sorted(required - set(spec))
+    unknown = sorted(set(spec) - names)
+    if missing or unknown:
+        what = "; ".join(filter(None, [f"missing {missing}" if missing else "", f"unknown keys {unknown}" if unknown else ""]))
+        raise ConfigError(f"plan stage {index} ({spec.get('name', '?')!r}): {what}; a stage has {sorted(names)}")
+    return Stage(**dict(spec))
+
+
 def build_plan(
     plan: str | Sequence[Mapping[str, Any] | Stage] = "staged",
     epochs: int | Sequence[int] | Mapping[str, int] = 1,
@@ -146,7 +160,7 @@ def build_plan(
             per_stage = [int(epochs)] * len(names)
         stages = [Stage(name, t, e, **stage_kwargs) for (name, t), e in zip(PLANS[plan], per_stage)]
     else:
-        stages = [s if isinstance(s, Stage) else Stage(**dict(s)) for s in plan]
+        stages = [s if isinstance(s, Stage) else _stage_from_dict(s, k) for k, s in enumerate(plan)]
     if tasks is not None:
         keep = set(tasks)
         kept = []

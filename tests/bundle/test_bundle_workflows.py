@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from ctmtl.bundle import config_file, run_workflow
+from ctmtl.bundle import bundle_path, config_file, run_workflow
 from ctmtl.data.pipeline import torch_threads
 from ctmtl.errors import ConfigError, ManifestError
 
@@ -103,3 +103,23 @@ def test_training_on_another_data_set_records_it(cli, synthetic, tmp_path):
     assert (root / "models" / "model.pt").is_file()
     with pytest.raises(ConfigError, match=r"model.pt: exists; bundle_root .* holds an earlier run"):
         run_workflow(root / "configs" / "train.json", "train", logging_file=False, bundle_root=str(root))
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate", "inference"])
+def test_encoder_and_detection_kwargs_reach_the_network(name):
+    """``det_kwargs`` / ``encoder_kwargs`` are config values of every workflow, so a trained bundle rebuilds the
+    network it trained (here: the pyramid one level finer, strides 4/8/16, and instance norm in the encoder)."""
+    from monai.bundle import ConfigParser
+    from torch import nn
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle_path() / "configs" / f"{name}.json"))
+    parser.update({"encoder": "small", "image_size": [64, 64], "det_kwargs": {"levels": [1, 2, 3]},
+                   "encoder_kwargs": {"norm": "instance"}})
+    net = parser.get_parsed_content("network_def", instantiate=True)
+    assert net.heads["det"].detector.network.feature_extractor.strides == [4, 8, 16]
+    norms = {type(m) for m in net.encoder.modules() if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d))}
+    assert norms == {nn.InstanceNorm2d}
+    parser.update({"det_kwargs": {}, "encoder_kwargs": {}})
+    default = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
+    assert default.heads["det"].detector.network.feature_extractor.strides == [8, 16, 32]

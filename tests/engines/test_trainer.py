@@ -76,6 +76,17 @@ def test_build_plan_named_and_filtered():
         build_plan("staged", epochs=[1, 2])
 
 
+def test_build_plan_list_names_the_bad_stage():
+    stages = build_plan([{"name": "a", "tasks": ["seg"], "epochs": 2}, {"name": "b", "tasks": ["class"], "epochs": 1}])
+    assert [(s.name, s.epochs) for s in stages] == [("a", 2), ("b", 1)]
+    with pytest.raises(ConfigError, match=r"plan stage 1 \('b'\): missing \['epochs'\]"):
+        build_plan([{"name": "a", "tasks": ["seg"], "epochs": 2}, {"name": "b", "tasks": ["class"]}])
+    with pytest.raises(ConfigError, match=r"unknown keys \['epoch'\]"):
+        build_plan([{"name": "a", "tasks": ["seg"], "epoch": 2}])
+    with pytest.raises(ConfigError, match="plan stage 0: expected a dict"):
+        build_plan(["seg"])
+
+
 def test_staged_training_carries_encoder_weights(tmp_path):
     trainer = _make(tmp_path, epochs=1)
     seen = {}
