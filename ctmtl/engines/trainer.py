@@ -555,6 +555,14 @@ class MultiTaskTrainer(SupervisedTrainer):
                 return self.best_weights[stage.name]
         return unwrap(self.network).state_dict()
 
+    @staticmethod
+    def _is_done(state: Any) -> bool:
+        # Ignite also ends a run once iteration >= epoch_length * max_epochs, which holds only when every epoch has the
+        # same length; here each stage has its own (its loader's), so a stage with fewer batches per epoch after one
+        # with more would end the run early. Done is by epochs (or max_iters) alone.
+        by_iters = state.max_iters is not None and state.iteration >= state.max_iters
+        return by_iters or (state.max_epochs is not None and state.epoch >= state.max_epochs)
+
     def run(self) -> None:  # type: ignore[override]
         super().run()
         if self.state.epoch >= self.state.max_epochs:

@@ -87,6 +87,17 @@ def test_build_plan_list_names_the_bad_stage():
         build_plan(["seg"])
 
 
+def test_a_stage_with_fewer_batches_after_a_longer_one_runs_all_its_epochs(tmp_path):
+    """Ignite's own end-of-run test (iteration >= epoch_length * max_epochs) assumes one epoch length; stage "a"
+    (8 samples, 2 batches per epoch) followed by stage "b" (the 4 masked samples, 1 batch) must still run 2 + 6."""
+    stages = [{"name": "a", "tasks": ["recon"], "epochs": 2}, {"name": "b", "tasks": ["seg"], "epochs": 6}]
+    trainer = _make(tmp_path, stages=stages)
+    trainer.run()
+    assert [row["stage"] for row in trainer.history] == ["a"] * 2 + ["b"] * 6
+    assert trainer.state.epoch == 8 and trainer.state.iteration == 2 * 2 + 6 * 1
+    assert (tmp_path / "model.pt").is_file()
+
+
 def test_staged_training_carries_encoder_weights(tmp_path):
     trainer = _make(tmp_path, epochs=1)
     seen = {}
