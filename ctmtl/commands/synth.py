@@ -1,4 +1,4 @@
-"""``ctmtl synth OUT --seed S [--size N] [--scale small|large]``: write the synthetic chest CT data set.
+"""``ctmtl synth OUT --seed S [--size N] [--scale small|medium|large]``: write the synthetic chest CT data set.
 
 The data lands in the three real layouts (``OUT/medseg``, ``OUT/ucsd-ai4h-covid-ct``, ``OUT/lung-pet-ct-dx``) with
 ``OUT/synth.json``; build the manifests with ``ctmtl manifest build synthetic OUT`` (or ``--build``).
@@ -15,8 +15,8 @@ def add_parser(subparsers) -> None:
                                    description="Write deterministic synthetic chest CT in the MedSeg, UCSD-AI4H and Lung-PET-CT-Dx layouts.")
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
-    parser.add_argument("--scale", choices=("small", "large"), default="small",
-                        help="small: trains in minutes on 2 CPU cores (default); large: 256 px, more patients")
+    parser.add_argument("--scale", choices=("small", "medium", "large"), default="small",
+                        help="small: trains in minutes on 2 CPU cores (default); medium: small with 480 UCSD-style images (ctmtl demo); large: 256 px, more patients")
     parser.add_argument("--size", type=int, help="in-plane pixels (overrides the scale's)")
     parser.add_argument("--build", action="store_true", help="also build the manifests in OUT/manifests")
     parser.add_argument("--overwrite", action="store_true", help="replace synthetic data already in OUT")

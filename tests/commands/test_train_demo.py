@@ -42,6 +42,20 @@ def test_train_missing_manifest_fails_at_once(tmp_path, capsys):
     assert not (tmp_path / "run" / "models" / "model.pt").exists()
 
 
+def test_demo_scale_never_mixes_with_data_of_another_preset(tmp_path, capsys):
+    """``--scale`` reaches the data step: a demo folder holding another preset's synthetic set is an error at once."""
+    data = tmp_path / "demo" / "data" / "synthetic"
+    data.mkdir(parents=True)
+    record = {"format": "other", "seed": 0, "config": {}}
+    (data / "synth.json").write_text(json.dumps(record))
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--scale", "medium", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "another seed or scale" in err and "--scale medium" in err
+    assert json.loads((data / "synth.json").read_text()) == record  # left as it was
+    assert not (tmp_path / "demo" / "models").exists()
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     """The demo's wiring end to end (tiny values): data, staged training, test evaluation, report."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from ctmtl.data.check import check_manifest
 from ctmtl.data.io import read_dicom_series, read_image_2d, read_volume
 from ctmtl.data.manifest import load_manifest
 from ctmtl.data.synthetic import SOURCE_DIRS, SynthConfig, ensure_synthetic, generate_synthetic
+from ctmtl.errors import DataError
 from tests.data.conftest import TINY, run_cli
 
 @pytest.mark.parametrize("source", list(SOURCE_DIRS))
@@ -160,3 +162,8 @@ def test_default_size_is_enough_to_measure(tmp_path):
         assert load_manifest(paths[key]).counts() == record["sources"][key]["counts"]
     assert ensure_synthetic(tmp_path / "synthetic", seed=0) == paths  # reused, not regenerated
     assert SynthConfig.preset("large").size == 256
+    medium, small = SynthConfig.preset("medium"), SynthConfig.preset("small")
+    assert (medium.ucsd_covid, medium.ucsd_noncovid) == (240, 240)
+    assert replace(medium, ucsd_covid=small.ucsd_covid, ucsd_noncovid=small.ucsd_noncovid) == small  # only UCSD grows
+    with pytest.raises(DataError, match="another seed or scale"):
+        ensure_synthetic(tmp_path / "synthetic", seed=0, scale="medium")  # never mixed with, or written over, small
