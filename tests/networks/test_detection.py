@@ -148,3 +148,25 @@ def test_detection_targets_from_a_batch(batch):
     assert (t0["masks"].bool() & ~(batch["mask"][0, 0] > 0)).sum() == 0  # cut from the lesion mask
     assert torch.equal(targets[2]["masks"], box_masks(batch["boxes"][2], (64, 64)))  # no mask: filled boxes
     assert "masks" not in detection_targets(batch)[0]
+
+
+@pytest.mark.parametrize("detections_per_img", [100, 5])
+def test_fast_box_selector_selects_what_monai_selects(detections_per_img):
+    """torchvision's NMS in place of MONAI's Python loop: the same boxes, scores and labels in the same order."""
+    from monai.apps.detection.utils.box_selector import BoxSelector
+
+    from ctmtl.networks.detection import FastBoxSelector
+
+    g = torch.Generator().manual_seed(0)
+    boxes, logits = [], []
+    for n in (400, 120, 30):  # three levels of anchors, many overlapping candidates above the score threshold
+        start = torch.rand(n, 2, generator=g) * 60
+        boxes.append(torch.cat([start, start + 2 + torch.rand(n, 2, generator=g) * 20], dim=1))
+        logits.append(torch.randn(n, 2, generator=g))  # two classes: NMS keeps classes apart
+    kwargs = dict(score_thresh=0.3, topk_candidates_per_level=100, nms_thresh=0.5, detections_per_img=detections_per_img)
+    expected = BoxSelector(**kwargs).select_boxes_per_image(boxes, logits, (64, 64))
+    got = FastBoxSelector(**kwargs).select_boxes_per_image(boxes, logits, (64, 64))
+    assert 5 <= len(expected[0]) <= detections_per_img
+    for e, o in zip(expected, got):
+        assert torch.equal(e, o)
+    assert type(RetinaNetHead(CHANNELS, fpn_channels=16).detector.box_selector) is FastBoxSelector
