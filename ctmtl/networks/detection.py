@@ -38,11 +38,12 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, batched_nms
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, batched_nms, sigmoid_focal_loss
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 __all__ = [
     "DETECTION_HEADS",
+    "AnchorFocalLoss",
     "DetectionHead",
     "FastBoxSelector",
     "MaskRCNNHead",
@@ -214,6 +215,24 @@ class FastBoxSelector(BoxSelector):
         return boxes_t[keep_t].to(boxes_list[0].dtype), scores_t[keep_t].to(logits_list[0].dtype), labels_t[keep_t]
 
 
+class AnchorFocalLoss(nn.Module):
+    """RetinaNet's classification loss (Lin et al. 2017, as in torchvision's ``RetinaNet``): torchvision's
+    ``sigmoid_focal_loss`` summed over every matched or background anchor and divided by the number of foreground
+    anchors. MONAI's detector takes any ``cls_loss``, but its own choices (BCE or MONAI's ``FocalLoss``) average
+    over all anchors, which scales the loss by 1 / (anchors per batch) instead; this is that normalisation.
+
+    Input logits ``N x K``, one-hot targets ``N x K`` (all zero for a background anchor); returns a scalar.
+    """
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0) -> None:
+        super().__init__()
+        self.alpha, self.gamma = alpha, gamma
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        loss = sigmoid_focal_loss(logits, targets, alpha=self.alpha, gamma=self.gamma, reduction="sum")
+        return loss / targets.sum().clamp(min=1.0)
+
+
 class RetinaNetHead(DetectionHead):
     """MONAI RetinaNet (ATSS matcher, hard-negative sampler) on an FPN over the shared encoder's stages.
 
@@ -232,6 +251,8 @@ class RetinaNetHead(DetectionHead):
         aspect_ratios: anchor aspect ratios per size.
         atss_candidates, sampler_batch_size, positive_fraction, min_neg, pool_size: ATSS matcher and
             hard-negative sampler settings (MONAI LUNA16 tutorial values).
+        cls_loss: ``"bce"``: BCE on the anchors the hard-negative sampler draws (MONAI's LUNA16 tutorial);
+            ``"focal"``: :class:`AnchorFocalLoss` on every anchor, no sampler (the RetinaNet paper's).
         score_thresh, nms_thresh, detections_per_img: box selection at inference.
     """
 
@@ -252,11 +273,14 @@ class RetinaNetHead(DetectionHead):
         positive_fraction: float = 0.3,
         min_neg: int = 16,
         pool_size: float = 20,
+        cls_loss: str = "bce",
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
     ) -> None:
         super().__init__(num_classes)
+        if cls_loss not in ("bce", "focal"):
+            raise ValueError(f"cls_loss must be 'bce' or 'focal', got {cls_loss!r}.")
         if fpn_channels % 8:
             raise ValueError(f"fpn_channels must be a multiple of 8 (GroupNorm(8) in the heads), got {fpn_channels}.")
         fpn = StageFPN(encoder_channels, levels, fpn_channels)
@@ -271,12 +295,15 @@ class RetinaNetHead(DetectionHead):
         )
         self.detector = RetinaNetDetector(network, anchors)
         self.detector.set_atss_matcher(num_candidates=atss_candidates, center_in_gt=False)
-        self.detector.set_hard_negative_sampler(
-            batch_size_per_image=sampler_batch_size,
-            positive_fraction=positive_fraction,
-            min_neg=min_neg,
-            pool_size=pool_size,
-        )
+        if cls_loss == "focal":
+            self.detector.set_cls_loss(AnchorFocalLoss())
+        else:
+            self.detector.set_hard_negative_sampler(
+                batch_size_per_image=sampler_batch_size,
+                positive_fraction=positive_fraction,
+                min_neg=min_neg,
+                pool_size=pool_size,
+            )
         self.detector.set_box_selector_parameters(
             score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img
         )

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ctmtl.networks import ENCODERS, MaskRCNNHead, RetinaNetHead, StageFPN, box_masks, detection_targets
+from ctmtl.networks.detection import AnchorFocalLoss
 
 CHANNELS = ENCODERS["small"].out_channels
 LIGHT_MASKRCNN = dict(
@@ -25,7 +26,14 @@ def _target(boxes, size=(64, 64)):
 
 
 def _heads():
-    return [RetinaNetHead(CHANNELS, fpn_channels=16), MaskRCNNHead(CHANNELS, image_size=(64, 64), **LIGHT_MASKRCNN)]
+    return [
+        RetinaNetHead(CHANNELS, fpn_channels=16),
+        RetinaNetHead(CHANNELS, fpn_channels=16, cls_loss="focal"),
+        MaskRCNNHead(CHANNELS, image_size=(64, 64), **LIGHT_MASKRCNN),
+    ]
+
+
+HEAD_IDS = ["retinanet", "retinanet-focal", "maskrcnn"]
 
 
 def test_stage_fpn_levels_and_strides():
@@ -38,7 +46,7 @@ def test_stage_fpn_levels_and_strides():
         StageFPN(CHANNELS, levels=(3, 2), out_channels=16)
 
 
-@pytest.mark.parametrize("head", _heads(), ids=["retinanet", "maskrcnn"])
+@pytest.mark.parametrize("head", _heads(), ids=HEAD_IDS)
 def test_training_losses_with_positive_and_negative_samples(head):
     image, features = _features()
     targets = [_target([[8, 10, 30, 28], [40, 40, 60, 56]]), _target([])]  # the second slice has no lesion
@@ -49,7 +57,7 @@ def test_training_losses_with_positive_and_negative_samples(head):
     assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("head", _heads(), ids=["retinanet", "maskrcnn"])
+@pytest.mark.parametrize("head", _heads(), ids=HEAD_IDS)
 def test_all_negative_batch(head):
     image, features = _features()
     losses = head.train()(image, features, [_target([]), _target([])])
@@ -57,7 +65,7 @@ def test_all_negative_batch(head):
     assert losses[head.loss_names[0]] > 0  # background classification still learns
 
 
-@pytest.mark.parametrize("head", _heads(), ids=["retinanet", "maskrcnn"])
+@pytest.mark.parametrize("head", _heads(), ids=HEAD_IDS)
 def test_samples_without_detection_labels_add_nothing(head):
     image, features = _features(batch=3)
     features = [f.detach().requires_grad_() for f in features]
@@ -74,7 +82,7 @@ def test_samples_without_detection_labels_add_nothing(head):
     assert all(p.grad is not None and p.grad.abs().sum() == 0 for p in head.parameters())
 
 
-@pytest.mark.parametrize("head", _heads(), ids=["retinanet", "maskrcnn"])
+@pytest.mark.parametrize("head", _heads(), ids=HEAD_IDS)
 def test_eval_returns_one_dict_per_image(head):
     image, features = _features(batch=2)
     with torch.no_grad():
@@ -170,3 +178,17 @@ def test_fast_box_selector_selects_what_monai_selects(detections_per_img):
     for e, o in zip(expected, got):
         assert torch.equal(e, o)
     assert type(RetinaNetHead(CHANNELS, fpn_channels=16).detector.box_selector) is FastBoxSelector
+
+
+def test_anchor_focal_loss_is_summed_and_divided_by_the_foreground_anchors():
+    """Hand values: at p = 0.5 a foreground anchor costs 0.25 * 0.5^2 * ln 2, a background one 0.75 * 0.5^2 * ln 2."""
+    import math
+
+    fg, bg = 0.25 * 0.25 * math.log(2), 0.75 * 0.25 * math.log(2)
+    loss = AnchorFocalLoss()
+    assert loss(torch.zeros(3, 1), torch.tensor([[1.0], [0.0], [0.0]])).item() == pytest.approx(fg + 2 * bg, rel=1e-5)
+    assert loss(torch.zeros(3, 1), torch.tensor([[1.0], [1.0], [0.0]])).item() == pytest.approx((2 * fg + bg) / 2, rel=1e-5)
+    assert loss(torch.zeros(2, 1), torch.zeros(2, 1)).item() == pytest.approx(2 * bg, rel=1e-5)  # no foreground: / 1
+    with pytest.raises(ValueError, match="cls_loss must be 'bce' or 'focal'"):
+        RetinaNetHead(CHANNELS, cls_loss="dice")
+    assert RetinaNetHead(CHANNELS, cls_loss="focal").detector.fg_bg_sampler is None  # every anchor counts
