@@ -304,17 +304,12 @@ class RetinaNetHead(DetectionHead):
                 min_neg=min_neg,
                 pool_size=pool_size,
             )
-        self.detector.set_box_selector_parameters(
-            score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img
-        )
-        selector = self.detector.box_selector
+        # what ``set_box_selector_parameters`` builds, with torchvision's NMS
         self.detector.box_selector = FastBoxSelector(
-            box_overlap_metric=selector.box_overlap_metric,
-            apply_sigmoid=selector.apply_sigmoid,
-            score_thresh=selector.score_thresh,
-            topk_candidates_per_level=selector.topk_candidates_per_level,
-            nms_thresh=selector.nms_thresh,
-            detections_per_img=selector.detections_per_img,
+            box_overlap_metric=self.detector.box_overlap_metric,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
         )
 
     def _head_outputs(self, image: Tensor, features: list[Tensor]) -> tuple[dict[str, Tensor], list[int]]:
