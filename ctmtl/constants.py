@@ -41,3 +41,7 @@ LUNG_DX_SUBTYPES: dict[str, str] = {
     "E": "large-cell carcinoma",
     "G": "squamous-cell carcinoma",
 }
+
+#: presets of the synthetic data set (:meth:`ctmtl.data.synthetic.SynthConfig.preset`; ``--scale`` of ``ctmtl synth`` and
+#: ``ctmtl demo``)
+SCALES: tuple[str, ...] = ("small", "medium", "large")

@@ -121,9 +121,10 @@ def add_parser(subparsers) -> None:
         description="Generate synthetic chest CT, train the staged multi-task model (bundle train.json + demo.json), "
                     "evaluate on the test split and write DIR/report.md.")
     from ctmtl.commands.train import add_run_arguments
+    from ctmtl.constants import SCALES
 
     add_run_arguments(parser, DEFAULT_OUT)
-    parser.add_argument("--scale", choices=("small", "medium", "large"), default=DEMO_SCALE,
+    parser.add_argument("--scale", choices=SCALES, default=DEMO_SCALE,
                         help=f"synthetic data preset (default {DEMO_SCALE}; medium: 480 UCSD-style images, see README)")
     parser.set_defaults(func=run)
 

@@ -11,12 +11,15 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
+    from ctmtl.constants import SCALES
+
     parser = subparsers.add_parser("synth", help="write the synthetic chest CT data set",
                                    description="Write deterministic synthetic chest CT in the MedSeg, UCSD-AI4H and Lung-PET-CT-Dx layouts.")
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
-    parser.add_argument("--scale", choices=("small", "medium", "large"), default="small",
-                        help="small: trains in minutes on 2 CPU cores (default); medium: small with 480 UCSD-style images (ctmtl demo); large: 256 px, more patients")
+    parser.add_argument("--scale", choices=SCALES, default="small",
+                        help="small: trains in minutes on 2 CPU cores (default); medium: small with 480 UCSD-style images "
+                             "(ctmtl demo --scale medium); large: 256 px, more patients")
     parser.add_argument("--size", type=int, help="in-plane pixels (overrides the scale's)")
     parser.add_argument("--build", action="store_true", help="also build the manifests in OUT/manifests")
     parser.add_argument("--overwrite", action="store_true", help="replace synthetic data already in OUT")

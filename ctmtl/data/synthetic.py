@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ctmtl.constants import MANIFEST_FORMAT, SPLITS, TASKS
+from ctmtl.constants import MANIFEST_FORMAT, SCALES, SPLITS, TASKS
 from ctmtl.data.sources.common import (
     DEFAULT_TEST_FRACTION,
     DEFAULT_VAL_FRACTION,
@@ -119,7 +119,7 @@ class SynthConfig:
             cfg = cls(size=256, slices=40, thickness=2.5, medseg_volumes=16, medseg_tr_patients=25, medseg_tr_slices=4,
                       medseg_val_slices=10, lung_dx_patients=24, ucsd_covid=240, ucsd_noncovid=240)
         else:
-            raise DataError(f"--scale {scale!r}: expected 'small', 'medium' or 'large'")
+            raise DataError(f"--scale {scale!r}: expected one of {', '.join(SCALES)}")
         if size is not None:
             cfg = replace(cfg, size=int(size))
         cfg.validate()
