@@ -308,6 +308,7 @@ def plan_stages(
     epochs: Any = 1,
     freeze_encoder: bool | Sequence[str] = False,
     tasks: Sequence[str] | None = None,
+    stage_lr: Mapping[str, float] | None = None,
 ) -> list:
     """The stages of the bundle's ``plan`` value (:func:`ctmtl.engines.stages.build_plan`).
 
@@ -317,9 +318,11 @@ def plan_stages(
         freeze_encoder: keep the shared encoder fixed in every stage (True) or in the stages named (e.g.
             ``["sr", "dr"]``: train it on classification, then reuse it). A stage dict's own value wins.
         tasks: the heads the network has; stages without one of their primary tasks are left out.
+        stage_lr: learning rate by stage name at the start of that stage (e.g. ``{"joint": 1e-4}``); the others
+            start at the run's ``learning_rate``. A stage dict's own ``lr`` wins.
 
     Raises:
-        ConfigError: a bad plan, or a stage named in ``freeze_encoder`` that the plan does not have.
+        ConfigError: a bad plan, or a stage named in ``freeze_encoder`` or ``stage_lr`` that the plan does not have.
     """
     from ctmtl.engines.stages import Stage, build_plan
 
@@ -331,11 +334,24 @@ def plan_stages(
         names = {s.name for s in build_plan(plan, epochs=epochs)}
         if frozen - names:
             raise ConfigError(f"freeze_encoder names stages {sorted(frozen - names)} that plan {plan!r} does not have ({sorted(names)})")
-    explicit = {d.get("name") for d in plan if isinstance(d, Mapping) and "freeze_encoder" in d} if not isinstance(plan, str) else set()
-    return [
-        Stage(**{**s.to_dict(), "freeze_encoder": s.name in frozen}) if s.name in frozen and s.name not in explicit else s
-        for s in stages
-    ]
+    stage_lr = dict(stage_lr or {})
+    if stage_lr:
+        names = {s.name for s in build_plan(plan, epochs=epochs)}
+        if set(stage_lr) - names:
+            raise ConfigError(f"stage_lr names stages {sorted(set(stage_lr) - names)} that plan {plan!r} does not have ({sorted(names)})")
+
+    def given(key: str) -> set:
+        return {d.get("name") for d in plan if isinstance(d, Mapping) and key in d} if not isinstance(plan, str) else set()
+
+    out = []
+    for s in stages:
+        changes: dict[str, Any] = {}
+        if s.name in frozen and s.name not in given("freeze_encoder"):
+            changes["freeze_encoder"] = True
+        if s.name in stage_lr and s.name not in given("lr"):
+            changes["lr"] = stage_lr[s.name]
+        out.append(Stage(**{**s.to_dict(), **changes}) if changes else s)
+    return out
 
 
 def plan_epochs(stages: Sequence[Any]) -> int:

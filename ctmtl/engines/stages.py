@@ -56,6 +56,8 @@ class Stage:
         key_metric: validation metric (``seg_dice``, ...) that picks the stage's best weights, or ``"mean"``; default
             the first primary task's (:data:`DEFAULT_KEY_METRICS`), ``"mean"`` for a stage of several scored tasks.
         loss_weights: fixed weight per task (the papers' w_i in {0, 1}); missing tasks weigh 1.
+        lr: learning rate at the start of the stage (e.g. a lower one for a last stage that fine-tunes every head
+            together); default the optimizer's own (the run's ``learning_rate``).
     """
 
     name: str
@@ -65,6 +67,7 @@ class Stage:
     freeze_encoder: bool = False
     key_metric: str | None = None
     loss_weights: dict[str, float] = field(default_factory=dict)
+    lr: float | None = None
 
     def __post_init__(self) -> None:
         self.tasks = tuple(self.tasks)
@@ -74,6 +77,10 @@ class Stage:
         if int(self.epochs) < 0:
             raise ConfigError(f"stage {self.name!r}: epochs must be >= 0, got {self.epochs}")
         self.epochs = int(self.epochs)
+        if self.lr is not None:
+            if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+                raise ConfigError(f"stage {self.name!r}: lr must be a positive number, got {self.lr!r}")
+            self.lr = float(self.lr)
         if self.init not in INITS:
             raise ConfigError(f"stage {self.name!r}: init must be one of {INITS}, got {self.init!r}")
         if self.key_metric is None:

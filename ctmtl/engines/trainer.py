@@ -455,12 +455,14 @@ class MultiTaskTrainer(SupervisedTrainer):
             elif previous is not None and previous.name in self.best_weights:
                 network.load_state_dict(self.best_weights[previous.name])
             self.optimizer.state.clear()
+            scale = stage.lr / self._base_lrs[0] if stage.lr is not None else 1.0  # keeps the groups' ratios
             for group, lr in zip(self.optimizer.param_groups, self._base_lrs):
-                group["lr"] = lr
+                group["lr"] = lr * scale
             if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "_reset"):
                 self.lr_scheduler._reset()
             self.stage_state[stage.name] = {"best": None, "best_epoch": None, "bad": 0}
-            logger.info("stage %s: tasks %s, %d epochs, init %s", stage.name, stage.tasks, stage.epochs, stage.init)
+            logger.info("stage %s: tasks %s, %d epochs, init %s, lr %g", stage.name, stage.tasks, stage.epochs, stage.init,
+                        self.optimizer.param_groups[0]["lr"])
         encoder = getattr(network, "encoder", None)
         for name, param in network.named_parameters():
             param.requires_grad_(not (stage.freeze_encoder and encoder is not None and name.startswith("encoder.")))

@@ -81,6 +81,15 @@ def test_plan_stages_freezes_named_stages_and_counts_epochs():
         plan_stages("staged", 1, ["xx"])
 
 
+def test_plan_stages_sets_the_learning_rate_of_named_stages():
+    stages = plan_stages("staged_joint", 1, stage_lr={"joint": 1e-4})
+    assert [(s.name, s.lr) for s in stages] == [("cr", None), ("sr", None), ("dr", None), ("joint", 1e-4)]
+    own = [{"name": "a", "tasks": ["seg"], "epochs": 1, "lr": 0.01}, {"name": "b", "tasks": ["class"], "epochs": 1}]
+    assert [s.lr for s in plan_stages(own, stage_lr={"a": 1e-5, "b": 1e-5})] == [0.01, 1e-5]  # the stage's own wins
+    with pytest.raises(ConfigError, match=r"stage_lr names stages \['jont'\]"):
+        plan_stages("staged_joint", 1, stage_lr={"jont": 1e-4})
+
+
 def test_load_weights_is_strict(tmp_path):
     net = MultiTaskNet("small", tasks=("class", "seg"), image_size=(32, 32), det_head=None)
     with pytest.raises(ModelError, match="no trained weights"):

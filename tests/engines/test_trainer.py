@@ -176,6 +176,19 @@ def test_same_seed_same_metrics(tmp_path):
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-6), k
 
 
+def test_a_stage_starts_at_its_own_learning_rate(tmp_path):
+    """A stage's ``lr`` sets the rate it starts at; the next stage without one goes back to the optimizer's."""
+    stages = [Stage("cr", ("class", "recon"), 1), Stage("joint", ("class", "seg", "recon"), 2, lr=1e-4),
+              Stage("sr", ("seg", "recon"), 1)]
+    trainer = _make(tmp_path, stages=stages)
+    trainer.run()
+    assert [(r["stage"], r["lr"]) for r in trainer.history] == [("cr", 1e-3), ("joint", 1e-4), ("joint", 1e-4), ("sr", 1e-3)]
+    with pytest.raises(ConfigError, match="stage 'joint': lr must be a positive number, got 0"):
+        Stage("joint", ("class",), 1, lr=0)
+    with pytest.raises(ConfigError, match="lr must be a positive number, got 'fast'"):
+        build_plan([{"name": "a", "tasks": ["seg"], "epochs": 1, "lr": "fast"}])
+
+
 def test_early_stop_ends_stage_not_run(tmp_path):
     # the sample count never improves: the stage stops after its second validation
     stages = [Stage("cr", ("class", "recon"), 4, key_metric="class_n"), Stage("sr", ("seg", "recon"), 2)]
