@@ -13,6 +13,8 @@ from monai.networks.nets import FullyConnectedNet
 from monai.networks.nets.flexible_unet import SegmentationHead, UNetDecoder
 from torch import nn
 
+from ctmtl.errors import ConfigError
+
 __all__ = ["ClassificationHead", "UNetHead", "default_decoder_channels"]
 
 
@@ -81,11 +83,17 @@ class UNetHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """Global average pooling of the deepest encoder map, then the MLP of Amyar et al. 2020 (dense 128 -> 64,
-    ReLU, dropout 0.5) and a linear layer to ``num_classes`` logits (MONAI ``FullyConnectedNet``).
+    """Global pooling of the deepest encoder map, then the MLP of Amyar et al. 2020 (dense 128 -> 64, ReLU,
+    dropout 0.5) and a linear layer to ``num_classes`` logits (MONAI ``FullyConnectedNet``).
+
+    ``pool="avg"`` (global average, the default) or ``"max"`` (global max: a small finding, such as a ground-glass
+    patch, moves the maximum of a feature map where it barely moves the mean; with an instance-normalised encoder,
+    whose maps have the same mean in every image, the average keeps little but the shape of each map's distribution).
 
     Forward: list of encoder maps (only the last, ``B x C x h x w``, is used) -> ``B x num_classes`` logits.
     """
+
+    pools = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
 
     def __init__(
         self,
@@ -94,9 +102,12 @@ class ClassificationHead(nn.Module):
         hidden: Sequence[int] = (128, 64),
         dropout: float = 0.5,
         act: str | tuple = "relu",
+        pool: str = "avg",
     ) -> None:
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        if pool not in self.pools:
+            raise ConfigError(f"classification pool must be one of {sorted(self.pools)}, got {pool!r}")
+        self.pool = self.pools[pool](1)
         self.mlp = FullyConnectedNet(in_channels, num_classes, hidden, dropout=dropout, act=act, adn_ordering="AD")
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

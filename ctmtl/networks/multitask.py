@@ -53,6 +53,7 @@ class MultiTaskNet(nn.Module):
         encoder_weights: local ``state_dict`` file for the encoder (never downloaded).
         encoder_kwargs: further arguments of the encoder class, e.g. ``{"norm": "instance"}`` for ``small``.
         class_hidden, class_dropout: the classification MLP (dense 128 -> 64, dropout 0.5).
+        class_pool: global pooling before the MLP, ``avg`` or ``max`` (:class:`ClassificationHead`).
         det_kwargs: further arguments of the detection head (:class:`~ctmtl.networks.detection.RetinaNetHead`,
             :class:`~ctmtl.networks.detection.MaskRCNNHead`), e.g. ``{"fpn_channels": 32, "levels": (1, 2, 3)}``.
 
@@ -84,6 +85,7 @@ class MultiTaskNet(nn.Module):
         encoder_kwargs: Mapping[str, Any] | None = None,
         class_hidden: Sequence[int] = (128, 64),
         class_dropout: float = 0.5,
+        class_pool: str = "avg",
         det_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -104,7 +106,7 @@ class MultiTaskNet(nn.Module):
 
         self.heads = nn.ModuleDict()
         if CLASS in tasks:
-            self.heads[CLASS] = ClassificationHead(stage_channels[-1], num_classes, class_hidden, class_dropout)
+            self.heads[CLASS] = ClassificationHead(stage_channels[-1], num_classes, class_hidden, class_dropout, pool=class_pool)
         if SEG in tasks:
             self.heads[SEG] = UNetHead(dense_channels, decoder_channels, seg_channels)
         if RECON in tasks:

@@ -107,23 +107,25 @@ def test_training_on_another_data_set_records_it(cli, synthetic, tmp_path):
 
 @pytest.mark.parametrize("name", ["train", "evaluate", "inference"])
 def test_encoder_and_detection_kwargs_reach_the_network(name):
-    """``det_kwargs`` / ``encoder_kwargs`` / ``class_dropout`` are config values of every workflow, so a trained bundle
-    rebuilds the network it trained (here: the pyramid one level finer, strides 4/8/16, instance norm in the encoder
-    and no dropout in the classification MLP)."""
+    """``det_kwargs`` / ``encoder_kwargs`` / ``class_dropout`` / ``class_pool`` are config values of every workflow, so
+    a trained bundle rebuilds the network it trained (here: the pyramid one level finer, strides 4/8/16, instance norm
+    in the encoder, no dropout in the classification MLP and global max pooling before it)."""
     from monai.bundle import ConfigParser
     from torch import nn
 
     parser = ConfigParser()
     parser.read_config(str(bundle_path() / "configs" / f"{name}.json"))
     parser.update({"encoder": "small", "image_size": [64, 64], "det_kwargs": {"levels": [1, 2, 3]},
-                   "encoder_kwargs": {"norm": "instance"}, "class_dropout": 0.0})
+                   "encoder_kwargs": {"norm": "instance"}, "class_dropout": 0.0, "class_pool": "max"})
     net = parser.get_parsed_content("network_def", instantiate=True)
     dropouts = lambda model: [m.p for m in model.heads["class"].modules() if isinstance(m, nn.Dropout)]  # noqa: E731
     assert net.heads["det"].detector.network.feature_extractor.strides == [4, 8, 16]
     norms = {type(m) for m in net.encoder.modules() if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d))}
     assert norms == {nn.InstanceNorm2d}
     assert set(dropouts(net)) <= {0.0}
-    parser.update({"det_kwargs": {}, "encoder_kwargs": {}, "class_dropout": 0.5})
+    assert isinstance(net.heads["class"].pool, nn.AdaptiveMaxPool2d)
+    parser.update({"det_kwargs": {}, "encoder_kwargs": {}, "class_dropout": 0.5, "class_pool": "avg"})
     default = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
     assert default.heads["det"].detector.network.feature_extractor.strides == [8, 16, 32]
     assert dropouts(default) and set(dropouts(default)) == {0.5}  # the paper's MLP dropout by default
+    assert isinstance(default.heads["class"].pool, nn.AdaptiveAvgPool2d)

@@ -39,3 +39,19 @@ def test_classification_head_is_the_papers_mlp():
     head.eval()
     features = _features()
     assert torch.equal(head(features), head(features))  # no dropout in eval
+
+
+def test_classification_head_max_pool_sees_a_small_finding():
+    """``pool="max"``: a bright 2x2 patch in one 8x8 map moves the pooled feature to the patch's value, where the
+    average moves by 4/64 of it; an unknown pool is a config error."""
+    from ctmtl.errors import ConfigError
+
+    maps = torch.zeros(2, 4, 8, 8)
+    maps[1, 0, 3:5, 3:5] = 1.0
+    avg = ClassificationHead(4, 3, pool="avg").pool(maps).flatten(1)
+    top = ClassificationHead(4, 3, pool="max").pool(maps).flatten(1)
+    assert torch.allclose(avg[1] - avg[0], torch.tensor([4 / 64, 0.0, 0.0, 0.0]))
+    assert torch.equal(top[1] - top[0], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert ClassificationHead(4, 3, pool="max")([maps]).shape == (2, 3)
+    with pytest.raises(ConfigError, match="classification pool must be one of \\['avg', 'max'\\], got 'mean'"):
+        ClassificationHead(4, 3, pool="mean")
