@@ -327,28 +327,21 @@ def plan_stages(
     from ctmtl.engines.stages import Stage, build_plan
 
     stages = build_plan(plan, epochs=epochs, tasks=tasks)
-    if isinstance(freeze_encoder, bool):
-        frozen = {s.name for s in stages} if freeze_encoder else set()
-    else:
-        frozen = set(freeze_encoder)
-        names = {s.name for s in build_plan(plan, epochs=epochs)}
-        if frozen - names:
-            raise ConfigError(f"freeze_encoder names stages {sorted(frozen - names)} that plan {plan!r} does not have ({sorted(names)})")
+    all_names = {s.name for s in build_plan(plan, epochs=epochs)}  # before ``tasks`` drops any
+    frozen = ({s.name for s in stages} if freeze_encoder else set()) if isinstance(freeze_encoder, bool) else set(freeze_encoder)
     stage_lr = dict(stage_lr or {})
-    if stage_lr:
-        names = {s.name for s in build_plan(plan, epochs=epochs)}
-        if set(stage_lr) - names:
-            raise ConfigError(f"stage_lr names stages {sorted(set(stage_lr) - names)} that plan {plan!r} does not have ({sorted(names)})")
-
-    def given(key: str) -> set:
-        return {d.get("name") for d in plan if isinstance(d, Mapping) and key in d} if not isinstance(plan, str) else set()
-
+    for key, named in (("freeze_encoder", frozen), ("stage_lr", set(stage_lr))):
+        if named - all_names:
+            raise ConfigError(f"{key} names stages {sorted(named - all_names)} that plan {plan!r} does not have ({sorted(all_names)})")
+    # a stage dict's own value wins over the run-wide one
+    own = {key: {d.get("name") for d in plan if isinstance(d, Mapping) and key in d} if not isinstance(plan, str) else set()
+           for key in ("freeze_encoder", "lr")}
     out = []
     for s in stages:
         changes: dict[str, Any] = {}
-        if s.name in frozen and s.name not in given("freeze_encoder"):
+        if s.name in frozen and s.name not in own["freeze_encoder"]:
             changes["freeze_encoder"] = True
-        if s.name in stage_lr and s.name not in given("lr"):
+        if s.name in stage_lr and s.name not in own["lr"]:
             changes["lr"] = stage_lr[s.name]
         out.append(Stage(**{**s.to_dict(), **changes}) if changes else s)
     return out

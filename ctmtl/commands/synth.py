@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     parser.add_argument("--scale", choices=SCALES, default="small",
                         help="small: trains in minutes on 2 CPU cores (default); medium: small with 480 UCSD-style images "
-                             "(ctmtl demo --scale medium); large: 256 px, more patients")
+                             "(the ctmtl demo default); large: 256 px, more patients")
     parser.add_argument("--size", type=int, help="in-plane pixels (overrides the scale's)")
     parser.add_argument("--build", action="store_true", help="also build the manifests in OUT/manifests")
     parser.add_argument("--overwrite", action="store_true", help="replace synthetic data already in OUT")
