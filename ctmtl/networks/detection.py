@@ -30,6 +30,7 @@ from monai.apps.detection.networks.retinanet_network import RetinaNet
 from monai.apps.detection.utils.anchor_utils import AnchorGenerator as MonaiAnchorGenerator
 from monai.apps.detection.utils.box_selector import BoxSelector
 from monai.data.box_utils import box_iou, clip_boxes_to_image
+from monai.losses import BoxGIoULoss
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -253,6 +254,10 @@ class RetinaNetHead(DetectionHead):
             hard-negative sampler settings (MONAI LUNA16 tutorial values).
         cls_loss: ``"bce"``: BCE on the anchors the hard-negative sampler draws (MONAI's LUNA16 tutorial);
             ``"focal"``: :class:`AnchorFocalLoss` on every anchor, no sampler (the RetinaNet paper's).
+        box_loss: ``"smooth_l1"``: MONAI's default, smooth L1 (beta 1/9) on the encoded box offsets, averaged over
+            the 4 offsets of every matched anchor; ``"giou"``: MONAI's ``BoxGIoULoss`` (1 - generalised IoU, in
+            [0, 2)) on the decoded boxes, averaged over the matched anchors; it scores the overlap that AP50 counts,
+            whatever the box size.
         score_thresh, nms_thresh, detections_per_img: box selection at inference.
     """
 
@@ -274,6 +279,7 @@ class RetinaNetHead(DetectionHead):
         min_neg: int = 16,
         pool_size: float = 20,
         cls_loss: str = "bce",
+        box_loss: str = "smooth_l1",
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
@@ -281,6 +287,8 @@ class RetinaNetHead(DetectionHead):
         super().__init__(num_classes)
         if cls_loss not in ("bce", "focal"):
             raise ValueError(f"cls_loss must be 'bce' or 'focal', got {cls_loss!r}.")
+        if box_loss not in ("smooth_l1", "giou"):
+            raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}.")
         if fpn_channels % 8:
             raise ValueError(f"fpn_channels must be a multiple of 8 (GroupNorm(8) in the heads), got {fpn_channels}.")
         fpn = StageFPN(encoder_channels, levels, fpn_channels)
@@ -304,6 +312,8 @@ class RetinaNetHead(DetectionHead):
                 min_neg=min_neg,
                 pool_size=pool_size,
             )
+        if box_loss == "giou":  # MONAI's documented GIoU setting: compare decoded boxes, not encoded offsets
+            self.detector.set_box_regression_loss(BoxGIoULoss(reduction="mean"), encode_gt=False, decode_pred=True)
         # what ``set_box_selector_parameters`` builds, with torchvision's NMS
         self.detector.box_selector = FastBoxSelector(
             box_overlap_metric=self.detector.box_overlap_metric,

@@ -28,12 +28,12 @@ def _target(boxes, size=(64, 64)):
 def _heads():
     return [
         RetinaNetHead(CHANNELS, fpn_channels=16),
-        RetinaNetHead(CHANNELS, fpn_channels=16, cls_loss="focal"),
+        RetinaNetHead(CHANNELS, fpn_channels=16, cls_loss="focal", box_loss="giou"),
         MaskRCNNHead(CHANNELS, image_size=(64, 64), **LIGHT_MASKRCNN),
     ]
 
 
-HEAD_IDS = ["retinanet", "retinanet-focal", "maskrcnn"]
+HEAD_IDS = ["retinanet", "retinanet-focal-giou", "maskrcnn"]
 
 
 def test_stage_fpn_levels_and_strides():
@@ -192,3 +192,30 @@ def test_anchor_focal_loss_is_summed_and_divided_by_the_foreground_anchors():
     with pytest.raises(ValueError, match="cls_loss must be 'bce' or 'focal'"):
         RetinaNetHead(CHANNELS, cls_loss="dice")
     assert RetinaNetHead(CHANNELS, cls_loss="focal").detector.fg_bg_sampler is None  # every anchor counts
+
+
+def test_giou_box_loss_is_one_minus_giou_of_the_matched_anchors():
+    """With the regression output zeroed, every predicted box is its anchor: the loss is the mean of 1 - GIoU between
+    the ATSS-matched anchors and their boxes (GIoU from torchvision, not MONAI's)."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    torch.manual_seed(0)
+    head = RetinaNetHead(CHANNELS, fpn_channels=16, cls_loss="focal", box_loss="giou").train()
+    last = head.detector.network.regression_head.bbox_reg
+    torch.nn.init.zeros_(last.weight), torch.nn.init.zeros_(last.bias)
+    image, features = _features(batch=1)
+    target = _target([[8, 10, 30, 28], [40, 40, 60, 56]])
+    loss = head(image, features, [target])["box_regression"]
+
+    det = head.detector
+    outputs, num_locs = head._head_outputs(image, features)
+    boxes = target["boxes"][:, [1, 0, 3, 2]]  # MONAI's H-first order, as the head passes them
+    matched = det.compute_anchor_matched_idxs(det.anchors, [{"boxes": boxes, "labels": torch.zeros(2).long()}], num_locs)[0]
+    fg = matched >= 0
+    assert 2 <= int(fg.sum()) < len(matched)
+    expected = generalized_box_iou_loss(det.anchors[0][fg], boxes[matched[fg]], reduction="mean")
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and 0 < loss.item() < 2
+    smooth_l1 = RetinaNetHead(CHANNELS, fpn_channels=16).detector
+    assert smooth_l1.encode_gt and not smooth_l1.decode_pred  # MONAI's default: offsets, not boxes
+    with pytest.raises(ValueError, match="box_loss must be 'smooth_l1' or 'giou'"):
+        RetinaNetHead(CHANNELS, box_loss="l2")
