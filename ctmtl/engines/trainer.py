@@ -25,13 +25,15 @@ import copy
 import csv
 import json
 import logging
+import contextlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Events
+from ignite.handlers import EMAHandler
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents, PrepareBatch
 from monai.utils.enums import CommonKeys as Keys
@@ -319,6 +321,11 @@ class MultiTaskTrainer(SupervisedTrainer):
         distributed: shard batches across processes (``torchrun``); ``network`` may be wrapped in
             ``DistributedDataParallel`` (use ``find_unused_parameters=True``: a stage leaves other heads idle).
         train_handlers: further Ignite / MONAI handlers.
+        ema_momentum: keep an exponential moving average of the weights (Ignite's ``EMAHandler``, updated after every
+            iteration: ``ema = (1 - m) * ema + m * weights``) and validate, keep and hand on to the next stage the
+            averaged weights instead of the last ones; each stage's average starts from the weights the stage
+            starts with. None or 0: off. The average smooths the epoch-to-epoch swings of small validation sets, so
+            the best epoch is less a lucky one.
     """
 
     def __init__(
@@ -347,9 +354,12 @@ class MultiTaskTrainer(SupervisedTrainer):
         channels_last: bool = False,
         distributed: bool = False,
         train_handlers: Sequence | None = None,
+        ema_momentum: float | None = None,
         **kwargs: Any,
     ) -> None:
         device = torch.device(device)
+        if ema_momentum is not None and not 0 <= float(ema_momentum) < 1:
+            raise ConfigError(f"ema_momentum must be in [0, 1) (None or 0: no weight average), got {ema_momentum!r}")
         net_tasks = getattr(unwrap(network), "tasks", None)
         self.stages: list[Stage] = build_plan(stages, epochs=epochs, tasks=net_tasks)
         if max_epochs is not None:
@@ -400,6 +410,10 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         self.add_event_handler(IterationEvents.LOSS_COMPLETED, self._record_task_losses)
         self.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        self.ema: EMAHandler | None = None
+        if ema_momentum:
+            self.ema = EMAHandler(unwrap(network), momentum=float(ema_momentum))
+            self.ema.attach(self, name="ema_momentum", warn_if_exists=False)  # a resumed state already has it
 
     # ----------------------------------------------------------------------------------------------- stages
     def stage_at(self, epoch: int) -> Stage:
@@ -455,6 +469,8 @@ class MultiTaskTrainer(SupervisedTrainer):
             elif previous is not None and previous.name in self.best_weights:
                 network.load_state_dict(self.best_weights[previous.name])
             self.optimizer.state.clear()
+            if self.ema is not None:
+                self.ema.ema_model.load_state_dict(network.state_dict())
             scale = stage.lr / self._base_lrs[0] if stage.lr is not None else 1.0  # keeps the groups' ratios
             for group, lr in zip(self.optimizer.param_groups, self._base_lrs):
                 group["lr"] = lr * scale
@@ -499,23 +515,40 @@ class MultiTaskTrainer(SupervisedTrainer):
         validate = self.evaluator is not None and ((epoch - first + 1) % self.val_interval == 0 or epoch == last)
         state = self.stage_state.setdefault(stage.name, {"best": None, "best_epoch": None, "bad": 0})
         if validate:
-            self.evaluator.run(epoch)
-            row["val"] = self.evaluator.scalar_metrics()
-            value = stage.key_value(row["val"])
-            improved = not math.isnan(value) and (state["best"] is None or value > state["best"])
-            if improved:
-                state.update(best=value, best_epoch=epoch, bad=0)
-                self._keep_best(stage)
-            else:
+            with self._averaged_weights():
+                self.evaluator.run(epoch)
+                row["val"] = self.evaluator.scalar_metrics()
+                value = stage.key_value(row["val"])
+                improved = not math.isnan(value) and (state["best"] is None or value > state["best"])
+                if improved:
+                    state.update(best=value, best_epoch=epoch, bad=0)
+                    self._keep_best(stage)
+            if not improved:
                 state["bad"] += 1
             if self.lr_scheduler is not None and not math.isnan(value):
                 self.lr_scheduler.step(value)
             if self.patience is not None and state["bad"] >= self.patience and epoch < last:
                 self._end_stage_early(stage, epoch)
         elif self.evaluator is None:
-            self._keep_best(stage)  # no validation: the last weights are the stage's result
+            with self._averaged_weights():
+                self._keep_best(stage)  # no validation: the last (averaged) weights are the stage's result
         self.history.append(row)
         self._write_history()
+
+    @contextlib.contextmanager
+    def _averaged_weights(self) -> Iterator[None]:
+        """With ``ema_momentum``: the network holds the averaged weights inside the block, its own ones after it
+        (copied in place, so the optimizer's parameters stay the same tensors)."""
+        if self.ema is None:
+            yield
+            return
+        network = unwrap(self.network)
+        own = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        network.load_state_dict(self.ema.ema_model.state_dict())
+        try:
+            yield
+        finally:
+            network.load_state_dict(own)
 
     def _keep_best(self, stage: Stage) -> None:
         weights = {k: v.detach().cpu().clone() for k, v in unwrap(self.network).state_dict().items()}
@@ -606,8 +639,8 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
 def attach_checkpointing(trainer: MultiTaskTrainer, ckpt_dir: str | Path, resume: bool = False) -> Path | None:
     """Save everything a resume needs after every epoch; with ``resume``, load the last such checkpoint first.
 
-    Saved: network, optimizer, LR scheduler, loss (learned task weights), the engine (epoch, iteration) and the
-    plan state (stage epochs, active stage, bests, history). Only the newest checkpoint is kept.
+    Saved: network, optimizer, LR scheduler, loss (learned task weights), the weight average (``ema_momentum``), the
+    engine (epoch, iteration) and the plan state (stage epochs, active stage, bests, history). Only the newest checkpoint is kept.
 
     Returns:
         the checkpoint resumed from, or None.
@@ -628,6 +661,8 @@ def attach_checkpointing(trainer: MultiTaskTrainer, ckpt_dir: str | Path, resume
     }
     if trainer.lr_scheduler is not None:
         save_dict["lr_scheduler"] = trainer.lr_scheduler
+    if trainer.ema is not None:
+        save_dict["ema"] = trainer.ema.ema_model
     last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
     if resume and last is None:
         raise ConfigError(f"--resume: no checkpoint to resume from in {ckpt_dir}")

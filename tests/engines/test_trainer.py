@@ -49,7 +49,7 @@ class DiskDataset(Dataset):
         return {"tasks": {t for t, v in self.items[i]["tasks"].items() if v}, "dataset": "toy"}
 
 
-def _make(tmp_path, plan="staged", epochs=2, seed=0, patience=None, stages=None):
+def _make(tmp_path, plan="staged", epochs=2, seed=0, patience=None, stages=None, ema_momentum=None):
     torch.manual_seed(seed)
     net = MultiTaskNet("small", tasks=("class", "seg", "recon"), num_classes=2, image_size=(SIZE, SIZE), det_head=None)
     data = DiskDataset()
@@ -60,7 +60,7 @@ def _make(tmp_path, plan="staged", epochs=2, seed=0, patience=None, stages=None)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     trainer = MultiTaskTrainer(
         "cpu", net, optimizer, MultiTaskLoss(), data, stages=stages or plan, epochs=epochs, evaluator=evaluator,
-        batch_size=4, out_dir=tmp_path, seed=seed, patience=patience,
+        batch_size=4, out_dir=tmp_path, seed=seed, patience=patience, ema_momentum=ema_momentum,
     )
     return trainer
 
@@ -212,3 +212,41 @@ def test_joint_stage_keys_on_the_mean_of_its_tasks():
     # a network without detection keeps the mean over what is left
     no_det = build_plan("staged_joint", epochs=1, tasks=("class", "seg", "recon"))
     assert [s.name for s in no_det] == ["cr", "sr", "joint"] and no_det[-1].key_metric == "mean"
+
+
+def test_weight_average_is_validated_kept_and_handed_on(tmp_path):
+    """With ``ema_momentum`` m, one iteration averages the stage's start weights w0 and the stepped ones w1 as
+    (1 - m) w0 + m w1: those are validated, kept as the stage's best and loaded by the next stage, while training
+    itself goes on from w1. Each stage's average starts from the weights the stage starts with (stage "c" starts
+    fresh: its average must not hold stage "a"'s)."""
+    m = 0.25
+    stages = [Stage(name, ("recon",), 1, key_metric="recon_psnr", init=init)
+              for name, init in (("a", "previous"), ("b", "previous"), ("c", "fresh"))]
+    trainer = _make(tmp_path, stages=stages, ema_momentum=m)
+    trainer.train_dataset.items = trainer.train_dataset.items[:4]  # one batch: one iteration per epoch
+    trainer._loaders.clear()
+    trainer.set_data(trainer._loader(trainer.stages[0]))
+    start, end = {}, {}
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: start.setdefault(e.state.epoch, {
+        k: v.clone() for k, v in e.network.state_dict().items()}))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: end.setdefault(e.state.epoch, {
+        k: v.clone() for k, v in e.network.state_dict().items()}))  # after the trainer's own handler: w1 is back
+    trainer.run()
+    params = dict(trainer.network.named_parameters())
+    for epoch, name in ((1, "a"), (3, "c")):
+        w0, w1, best = start[epoch], end[epoch], trainer.best_weights[name]
+        moved = [k for k in params if not torch.equal(w0[k], w1[k])]
+        assert moved  # the step changed weights
+        for k in moved:
+            assert torch.allclose(best[k], (1 - m) * w0[k] + m * w1[k], atol=1e-6), (name, k)
+        buffers = [k for k in w0 if k not in params and w0[k].is_floating_point() and not torch.equal(w0[k], w1[k])]
+        assert buffers and all(torch.equal(best[k], w1[k]) for k in buffers)  # norm statistics: the latest ("copy")
+    assert all(torch.equal(start[2][k], v) for k, v in trainer.best_weights["a"].items())  # b starts from a's average
+    assert not all(torch.equal(start[2][k], end[1][k]) for k in params)  # ... not from a's last weights
+    assert torch.equal(torch.load(tmp_path / "best_a.pt")[moved[0]], trainer.best_weights["a"][moved[0]])
+
+
+def test_weight_average_checks_its_momentum(tmp_path):
+    with pytest.raises(ConfigError, match=r"ema_momentum must be in \[0, 1\)"):
+        _make(tmp_path, ema_momentum=1.5)
+    assert _make(tmp_path, ema_momentum=0).ema is None and _make(tmp_path).ema is None
