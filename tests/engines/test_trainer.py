@@ -250,3 +250,18 @@ def test_weight_average_checks_its_momentum(tmp_path):
     with pytest.raises(ConfigError, match=r"ema_momentum must be in \[0, 1\)"):
         _make(tmp_path, ema_momentum=1.5)
     assert _make(tmp_path, ema_momentum=0).ema is None and _make(tmp_path).ema is None
+
+
+def test_weight_average_is_in_the_resume_checkpoint(tmp_path):
+    trainer = _make(tmp_path, epochs=1, ema_momentum=0.1)
+    attach_checkpointing(trainer, tmp_path / "ckpt")
+    trainer.run()
+    checkpoint = torch.load(latest_checkpoint(tmp_path / "ckpt"), map_location="cpu", weights_only=False)
+    saved, average = checkpoint["ema"], trainer.ema.ema_model.state_dict()
+    assert saved.keys() == average.keys() and all(torch.equal(saved[k], average[k]) for k in average)
+    assert not all(torch.equal(saved[k], v) for k, v in checkpoint["network"].items())  # beside the own weights
+
+    resumed = _make(tmp_path, epochs=1, ema_momentum=0.1)
+    attach_checkpointing(resumed, tmp_path / "ckpt", resume=True)
+    resumed.run()  # nothing left to train: the checkpoint is loaded and the run ends
+    assert all(torch.equal(resumed.ema.ema_model.state_dict()[k], average[k]) for k in average)
