@@ -21,11 +21,11 @@ loaded into the wrapped module (files never carry a ``module.`` prefix), and onl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
 import logging
-import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
