@@ -358,7 +358,9 @@ class MultiTaskTrainer(SupervisedTrainer):
         **kwargs: Any,
     ) -> None:
         device = torch.device(device)
-        if ema_momentum is not None and not 0 <= float(ema_momentum) < 1:
+        if ema_momentum is not None and (
+            isinstance(ema_momentum, bool) or not isinstance(ema_momentum, (int, float)) or not 0 <= ema_momentum < 1
+        ):
             raise ConfigError(f"ema_momentum must be in [0, 1) (None or 0: no weight average), got {ema_momentum!r}")
         net_tasks = getattr(unwrap(network), "tasks", None)
         self.stages: list[Stage] = build_plan(stages, epochs=epochs, tasks=net_tasks)
@@ -413,7 +415,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.ema: EMAHandler | None = None
         if ema_momentum:
             self.ema = EMAHandler(unwrap(network), momentum=float(ema_momentum))
-            self.ema.attach(self, name="ema_momentum", warn_if_exists=False)  # a resumed state already has it
+            self.ema.attach(self, name="ema_momentum")
 
     # ----------------------------------------------------------------------------------------------- stages
     def stage_at(self, epoch: int) -> Stage:

@@ -112,9 +112,12 @@ class MultiTaskNet(nn.Module):
         if RECON in tasks:
             self.heads[RECON] = UNetHead(dense_channels, decoder_channels, 1)
         if DET in tasks:
-            self.heads[DET] = DETECTION_HEADS[det_head](
-                stage_channels, num_classes=det_classes, image_size=tuple(image_size), **dict(det_kwargs or {})
-            )
+            try:
+                self.heads[DET] = DETECTION_HEADS[det_head](
+                    stage_channels, num_classes=det_classes, image_size=tuple(image_size), **dict(det_kwargs or {})
+                )
+            except (TypeError, ValueError) as err:  # a bad or unknown det_kwargs value: one line, not a traceback
+                raise ConfigError(f"det_kwargs {dict(det_kwargs or {})} for the {det_head} head: {err}") from err
 
     def forward(
         self,

@@ -249,6 +249,8 @@ def test_weight_average_is_validated_kept_and_handed_on(tmp_path):
 def test_weight_average_checks_its_momentum(tmp_path):
     with pytest.raises(ConfigError, match=r"ema_momentum must be in \[0, 1\)"):
         _make(tmp_path, ema_momentum=1.5)
+    with pytest.raises(ConfigError, match=r"ema_momentum must be in \[0, 1\).*got 'fast'"):
+        _make(tmp_path, ema_momentum="fast")
     assert _make(tmp_path, ema_momentum=0).ema is None and _make(tmp_path).ema is None
 
 

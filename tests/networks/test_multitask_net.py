@@ -82,6 +82,10 @@ def test_heads_built_on_demand_and_clear_errors():
         MultiTaskNet("small", tasks=("segmentation",))
     with pytest.raises(ConfigError, match="det_head must be one of"):
         MultiTaskNet("small", tasks=("det",), det_head=None)
+    with pytest.raises(ConfigError, match=r"det_kwargs \{'box_loss': 'l2'\} for the retinanet head: box_loss must be"):
+        MultiTaskNet("small", tasks=("det",), det_kwargs={"box_loss": "l2"})
+    with pytest.raises(ConfigError, match="det_kwargs .* unexpected keyword argument 'bogus'"):
+        MultiTaskNet("small", tasks=("det",), det_kwargs={"bogus": 1})
     with pytest.raises(ConfigError, match="unknown encoder"):
         MultiTaskNet("resnet51")
     with pytest.raises(ValueError, match="needs targets"):
