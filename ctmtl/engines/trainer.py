@@ -634,15 +634,23 @@ CHECKPOINT_PREFIX = "last"
 
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     """The newest resumable checkpoint in ``ckpt_dir`` (None when there is none)."""
-    found = sorted(Path(ckpt_dir).glob(f"{CHECKPOINT_PREFIX}_*epoch=*.pt"), key=lambda p: p.stat().st_mtime)
+    found = sorted(Path(ckpt_dir).glob(f"{CHECKPOINT_PREFIX}_*epoch=*.pt"), key=_checkpoint_epoch)
     return found[-1] if found else None
+
+
+def _checkpoint_epoch(path: Path) -> tuple[int, float]:
+    """Sort key of a checkpoint file: its epoch (``..._epoch=12.pt``), then its time."""
+    digits = path.stem.rpartition("=")[2]
+    return (int(digits) if digits.isdigit() else -1, path.stat().st_mtime)
 
 
 def attach_checkpointing(trainer: MultiTaskTrainer, ckpt_dir: str | Path, resume: bool = False) -> Path | None:
     """Save everything a resume needs after every epoch; with ``resume``, load the last such checkpoint first.
 
     Saved: network, optimizer, LR scheduler, loss (learned task weights), the weight average (``ema_momentum``), the
-    engine (epoch, iteration) and the plan state (stage epochs, active stage, bests, history). Only the newest checkpoint is kept.
+    engine (epoch, iteration) and the plan state (stage epochs, active stage, bests, history). The two newest
+    checkpoints are kept: Ignite removes the oldest before it writes the next, so with one kept a run killed while
+    saving would have nothing left to resume from.
 
     Returns:
         the checkpoint resumed from, or None.
@@ -651,7 +659,8 @@ def attach_checkpointing(trainer: MultiTaskTrainer, ckpt_dir: str | Path, resume
         ConfigError: ``resume`` without a checkpoint in ``ckpt_dir``; or checkpoints exist there and ``resume`` is
             False (a new run never overwrites an earlier one).
     """
-    from monai.handlers import CheckpointLoader, CheckpointSaver
+    from ignite.handlers import Checkpoint, DiskSaver
+    from monai.handlers import CheckpointLoader
 
     ckpt_dir = Path(ckpt_dir)
     save_dict: dict[str, Any] = {
@@ -672,7 +681,16 @@ def attach_checkpointing(trainer: MultiTaskTrainer, ckpt_dir: str | Path, resume
         raise ConfigError(f"{ckpt_dir} already holds checkpoints ({last.name}): resume with --resume, or train into another folder")
     if resume:
         CheckpointLoader(load_path=str(last), load_dict=save_dict, map_location=trainer.state.device).attach(trainer)
-    CheckpointSaver(
-        save_dir=str(ckpt_dir), save_dict=save_dict, file_prefix=CHECKPOINT_PREFIX, save_interval=1, n_saved=1, epoch_level=True
-    ).attach(trainer)
+    # Ignite's Checkpoint with an atomic DiskSaver rather than MONAI's CheckpointSaver: MONAI's writes in place
+    # (atomic=False), so a run killed while saving left a truncated newest checkpoint that --resume then failed to
+    # read. Here the file is written to a temporary name and renamed, so a checkpoint file is always complete.
+    checkpoint = Checkpoint(
+        to_save=save_dict,
+        save_handler=DiskSaver(str(ckpt_dir), atomic=True, create_dir=True, require_empty=False),
+        filename_prefix=CHECKPOINT_PREFIX,
+        score_function=lambda engine: engine.state.epoch,
+        score_name="epoch",
+        n_saved=2,
+    )
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)  # Ignite's DiskSaver writes on rank 0 only
     return last

@@ -159,6 +159,35 @@ def test_resume_after_interruption_ends_with_same_epochs(tmp_path):
     assert [r["stage"] for r in resumed.history] == ["cr", "cr", "sr", "sr"]
 
 
+def test_checkpoint_killed_while_saving_leaves_the_previous_one(tmp_path, monkeypatch):
+    """A process killed while writing a checkpoint must not leave a truncated newest checkpoint behind: the last
+    complete one stays the one ``--resume`` reads, and the resumed run ends with the planned epochs."""
+    ckpt = tmp_path / "ckpt"
+    trainer = _make(tmp_path, epochs=2)
+    attach_checkpointing(trainer, ckpt)
+    real_save = torch.save
+
+    def killed_in_epoch_2(obj, f, *args, **kwargs):
+        if trainer.state.epoch == 2 and isinstance(obj, dict) and "trainer" in obj:
+            out = f if hasattr(f, "write") else open(f, "wb")  # a saver may hand a path or an open file
+            out.write(b"PK\x03\x04 half a checkpoint")  # the first bytes of a zip file, then the kill
+            out.flush()
+            raise KeyboardInterrupt
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    monkeypatch.setattr(torch, "save", real_save)
+    last = latest_checkpoint(ckpt)
+    assert last is not None and last.name.endswith("epoch=1.pt")
+    assert torch.load(last, map_location="cpu", weights_only=False)["trainer"]["iteration"] == trainer.state.epoch_length
+    resumed = _make(tmp_path, epochs=2)
+    attach_checkpointing(resumed, ckpt, resume=True)
+    resumed.run()
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4]
+
+
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="no checkpoint"):
         attach_checkpointing(_make(tmp_path), tmp_path / "none", resume=True)
