@@ -10,12 +10,13 @@ not fit its config fails once, with one line, before any work.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from monai.inferers import SimpleInferer
 
 from ctmtl.constants import CLASS_NAMES
 from ctmtl.errors import ModelError
@@ -43,6 +44,8 @@ class LoadedModel:
         weights: the weights file loaded (``None`` when the model was built otherwise).
         chain_dirs: folders searched first for a chain by name: the bundle's own ``chains/`` (a trained bundle
             carries the chains of its run, :func:`ctmtl.bundle.export_trained_bundle`), when it has one.
+        inferer: how the network is called, ``inferer(image, network, tasks=...)``: the ``inferer`` of
+            ``inference.json`` (test-time mirroring when the run set ``tta_flip_axes``), else one plain pass.
     """
 
     network: torch.nn.Module
@@ -54,6 +57,7 @@ class LoadedModel:
     device: torch.device = torch.device("cpu")
     weights: Path | None = None
     chain_dirs: tuple[Path, ...] = ()
+    inferer: Callable[..., Any] = field(default_factory=SimpleInferer)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -149,5 +153,9 @@ def load_model(model: str | Path, device: str | torch.device | None = None, weig
     overrides.setdefault("spatial_size", [int(s) for s in size])
     names = tuple(parser.get_parsed_content("class_names")) if "class_names" in parser else CLASS_NAMES
     chains = root / CHAINS_DIR
+    try:
+        inferer = parser.get_parsed_content("inferer") if "inferer" in parser else SimpleInferer()
+    except Exception as err:
+        raise ModelError(f"{root / INFERENCE_CONFIG}: inferer does not build: {err}".splitlines()[0]) from None
     return LoadedModel(network, root, parser, (int(size[0]), int(size[1])), overrides, names, device, weights.resolve(),
-                       chain_dirs=(chains.resolve(),) if chains.is_dir() else ())
+                       chain_dirs=(chains.resolve(),) if chains.is_dir() else (), inferer=inferer)

@@ -7,7 +7,8 @@
    bundle's ``chains/`` first, :attr:`LoadedModel.chain_dirs`), with the model's ``chain_overrides``
    (slice size, window...) and every slice selected (``slice_mode="all"``);
 2. the network, batch by batch, on the model's device, with only the heads the model has among ``class``,
-   ``seg`` and ``det`` (``recon`` is not run: its output is the input);
+   ``seg`` and ``det`` (``recon`` is not run: its output is the input), through the bundle's ``inferer``
+   (test-time mirroring when the run set ``tta_flip_axes``, :class:`ctmtl.engines.inferers.FlipInferer`);
 3. the ``inference_post`` chain (softmax class probabilities; sigmoid + threshold, or softmax + argmax, lesion
    labels), then :func:`ctmtl.data.pipeline.assemble_volume`, which puts the labels back onto the input's own
    grid (resize, pad/crop and orientation undone: shape and affine of the file); detected boxes go back by the
@@ -367,7 +368,7 @@ class Predictor:
         with torch.no_grad():
             for begin in range(0, len(samples), self.batch_size):
                 batch = multitask_collate(samples[begin : begin + self.batch_size])
-                out = self.model.network(batch["image"].to(self.device), tasks=self.tasks)
+                out = self.model.inferer(batch["image"].to(self.device), self.model.network, tasks=self.tasks)
                 seg = out[SEG].float().cpu() if SEG in out else None
                 logits = out[CLASS].float().cpu() if CLASS in out else None
                 multiclass = seg is not None and seg.shape[1] > 1

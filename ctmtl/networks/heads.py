@@ -83,32 +83,52 @@ class UNetHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """Global pooling of the deepest encoder map, then the MLP of Amyar et al. 2020 (dense 128 -> 64, ReLU,
-    dropout 0.5) and a linear layer to ``num_classes`` logits (MONAI ``FullyConnectedNet``).
+    """Global pooling of encoder maps, then the MLP of Amyar et al. 2020 (dense 128 -> 64, ReLU, dropout 0.5) and a
+    linear layer to ``num_classes`` logits (MONAI ``FullyConnectedNet``).
 
     ``pool="avg"`` (global average, the default) or ``"max"`` (global max: a small finding, such as a ground-glass
     patch, moves the maximum of a feature map where it barely moves the mean; with an instance-normalised encoder,
     whose maps have the same mean in every image, the average keeps little but the shape of each map's distribution).
 
-    Forward: list of encoder maps (only the last, ``B x C x h x w``, is used) -> ``B x num_classes`` logits.
+    ``levels`` picks the encoder maps that are pooled (default ``(-1,)``: the deepest, as in the papers); with several,
+    the pooled vectors are concatenated, so the MLP also sees shallower, finer maps (e.g. ``(2, 3, 4)``: strides 8,
+    16 and 32), where a finding of a few pixels is still resolved.
+
+    Args:
+        in_channels: channels of each pooled map, one per level (an int for one level).
+        num_classes: output logits.
+        hidden, dropout, act: the MLP.
+        pool: ``avg`` or ``max``.
+        levels: indices into the encoder's list of maps.
+
+    Forward: list of encoder maps (``B x C_i x h_i x w_i``) -> ``B x num_classes`` logits.
     """
 
     pools = {"avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
 
     def __init__(
         self,
-        in_channels: int,
+        in_channels: int | Sequence[int],
         num_classes: int,
         hidden: Sequence[int] = (128, 64),
         dropout: float = 0.5,
         act: str | tuple = "relu",
         pool: str = "avg",
+        levels: Sequence[int] = (-1,),
     ) -> None:
         super().__init__()
         if pool not in self.pools:
             raise ConfigError(f"classification pool must be one of {sorted(self.pools)}, got {pool!r}")
+        channels = (in_channels,) if isinstance(in_channels, int) else tuple(in_channels)
+        self.levels = tuple(int(level) for level in levels)
+        if not self.levels or len(set(self.levels)) != len(self.levels) or len(channels) != len(self.levels):
+            raise ConfigError(
+                f"classification levels must be distinct encoder map indices, one per in_channels value; got levels "
+                f"{tuple(levels)} for in_channels {channels}"
+            )
         self.pool = self.pools[pool](1)
-        self.mlp = FullyConnectedNet(in_channels, num_classes, hidden, dropout=dropout, act=act, adn_ordering="AD")
+        self.mlp = FullyConnectedNet(sum(channels), num_classes, hidden, dropout=dropout, act=act, adn_ordering="AD")
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.mlp(self.pool(features[-1]))
+        pooled = [self.pool(features[level]).flatten(1) for level in self.levels]
+        return self.mlp(torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0])

@@ -54,6 +54,8 @@ class MultiTaskNet(nn.Module):
         encoder_kwargs: further arguments of the encoder class, e.g. ``{"norm": "instance"}`` for ``small``.
         class_hidden, class_dropout: the classification MLP (dense 128 -> 64, dropout 0.5).
         class_pool: global pooling before the MLP, ``avg`` or ``max`` (:class:`ClassificationHead`).
+        class_levels: encoder maps pooled for the MLP, indices into the encoder's list (default ``(-1,)``, the
+            deepest; e.g. ``(2, 3, 4)`` adds the stride 8 and 16 maps).
         det_kwargs: further arguments of the detection head (:class:`~ctmtl.networks.detection.RetinaNetHead`,
             :class:`~ctmtl.networks.detection.MaskRCNNHead`), e.g. ``{"fpn_channels": 32, "levels": (1, 2, 3)}``.
 
@@ -86,6 +88,7 @@ class MultiTaskNet(nn.Module):
         class_hidden: Sequence[int] = (128, 64),
         class_dropout: float = 0.5,
         class_pool: str = "avg",
+        class_levels: Sequence[int] = (-1,),
         det_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -106,7 +109,14 @@ class MultiTaskNet(nn.Module):
 
         self.heads = nn.ModuleDict()
         if CLASS in tasks:
-            self.heads[CLASS] = ClassificationHead(stage_channels[-1], num_classes, class_hidden, class_dropout, pool=class_pool)
+            levels = tuple(int(level) for level in class_levels)
+            if not all(-len(stage_channels) <= level < len(stage_channels) for level in levels):
+                raise ConfigError(f"class_levels {levels}: the {encoder} encoder has {len(stage_channels)} maps "
+                                  f"(indices 0..{len(stage_channels) - 1}, or negative from the deepest)")
+            self.heads[CLASS] = ClassificationHead(
+                [stage_channels[level] for level in levels], num_classes, class_hidden, class_dropout, pool=class_pool,
+                levels=levels,
+            )
         if SEG in tasks:
             self.heads[SEG] = UNetHead(dense_channels, decoder_channels, seg_channels)
         if RECON in tasks:

@@ -107,16 +107,18 @@ def test_training_on_another_data_set_records_it(cli, synthetic, tmp_path):
 
 @pytest.mark.parametrize("name", ["train", "evaluate", "inference"])
 def test_encoder_and_detection_kwargs_reach_the_network(name):
-    """``det_kwargs`` / ``encoder_kwargs`` / ``class_dropout`` / ``class_pool`` are config values of every workflow, so
-    a trained bundle rebuilds the network it trained (here: the pyramid one level finer, strides 4/8/16, instance norm
-    in the encoder, no dropout in the classification MLP and global max pooling before it)."""
+    """``det_kwargs`` / ``encoder_kwargs`` / ``class_dropout`` / ``class_pool`` / ``class_levels`` and the test-time
+    flips are config values of every workflow, so a trained bundle rebuilds the network it trained and calls it as it
+    was validated (here: the pyramid one level finer, strides 4/8/16, instance norm in the encoder, no dropout in the
+    classification MLP, global max pooling of the three deepest maps before it, left-right mirroring)."""
     from monai.bundle import ConfigParser
     from torch import nn
 
     parser = ConfigParser()
     parser.read_config(str(bundle_path() / "configs" / f"{name}.json"))
     parser.update({"encoder": "small", "image_size": [64, 64], "det_kwargs": {"levels": [1, 2, 3]},
-                   "encoder_kwargs": {"norm": "instance"}, "class_dropout": 0.0, "class_pool": "max"})
+                   "encoder_kwargs": {"norm": "instance"}, "class_dropout": 0.0, "class_pool": "max",
+                   "class_levels": [2, 3, 4], "tta_flip_axes": [1]})
     net = parser.get_parsed_content("network_def", instantiate=True)
     dropouts = lambda model: [m.p for m in model.heads["class"].modules() if isinstance(m, nn.Dropout)]  # noqa: E731
     assert net.heads["det"].detector.network.feature_extractor.strides == [4, 8, 16]
@@ -124,8 +126,14 @@ def test_encoder_and_detection_kwargs_reach_the_network(name):
     assert norms == {nn.InstanceNorm2d}
     assert set(dropouts(net)) <= {0.0}
     assert isinstance(net.heads["class"].pool, nn.AdaptiveMaxPool2d)
-    parser.update({"det_kwargs": {}, "encoder_kwargs": {}, "class_dropout": 0.5, "class_pool": "avg"})
+    assert net.heads["class"].levels == (2, 3, 4) and net.heads["class"].mlp.hidden_0[0].in_features == 32 + 64 + 128
+    inferer = "validate#inferer" if name == "train" else "inferer"
+    assert parser.get_parsed_content(inferer, instantiate=True).spatial_axes == (1,)
+    parser.update({"det_kwargs": {}, "encoder_kwargs": {}, "class_dropout": 0.5, "class_pool": "avg",
+                   "class_levels": [-1], "tta_flip_axes": []})
     default = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
     assert default.heads["det"].detector.network.feature_extractor.strides == [8, 16, 32]
     assert dropouts(default) and set(dropouts(default)) == {0.5}  # the paper's MLP dropout by default
     assert isinstance(default.heads["class"].pool, nn.AdaptiveAvgPool2d)
+    assert default.heads["class"].levels == (-1,) and default.heads["class"].mlp.hidden_0[0].in_features == 128
+    assert parser.get_parsed_content(inferer, instantiate=True, lazy=False).spatial_axes == ()  # one plain pass

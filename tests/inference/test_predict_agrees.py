@@ -138,3 +138,28 @@ def test_world_boxes_of_a_dicom_series(inputs, tmp_path):
     burden = json.loads((folder / "prediction.json").read_text())["segmentation"]["burden"]
     assert burden["slices_with_lesion_percent"] == 100.0
     assert burden["lesion_volume_ml"] == pytest.approx(burden["lesion_voxels"] * 0.7 * 0.7 * 5.0 / 1000, rel=1e-4)
+
+
+def test_predict_calls_the_network_through_the_bundles_inferer(tmp_path, inputs):
+    """A bundle trained with ``tta_flip_axes: [1]`` names the mirroring inferer in ``inference.json``: ``ctmtl
+    predict`` answers with the average of the network on the slice and on its mirror image, flipped back."""
+    from tests.conftest import make_trained_bundle
+
+    root = make_trained_bundle(tmp_path / "bundle")
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    config["inferer"] = {"_target_": "ctmtl.engines.inferers.FlipInferer", "spatial_axes": [1]}
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    predictor = Predictor(root, device="cpu", progress=False, threads=1)
+    assert predictor.model.inferer.spatial_axes == (1,)
+    x = _chain_samples(predictor, inputs["png32"])[0]["image"].as_tensor()[None]
+    with torch.no_grad():
+        plain = predictor.model.network(x, tasks=("class", "seg"))
+        mirrored = predictor.model.network(torch.flip(x, dims=(-1,)), tasks=("class", "seg"))
+    probs = torch.sigmoid((plain["seg"] + torch.flip(mirrored["seg"], dims=(-1,))) / 2)[0, 0].numpy()
+    threshold = float(np.median(probs))
+    pred = Predictor(predictor.model, threshold=threshold, progress=False).predict(inputs["png32"])
+    np.testing.assert_array_equal(pred.mask, (probs >= threshold).astype(np.uint8))
+    expected = torch.softmax((plain["class"][0] + mirrored["class"][0]) / 2, 0).numpy()
+    np.testing.assert_allclose(pred.slice_probabilities[0], expected, atol=1e-6)
+    plain_probs = torch.sigmoid(plain["seg"])[0, 0].numpy()
+    assert ((plain_probs >= threshold) != pred.mask.astype(bool)).any()  # the mirror view counted

@@ -55,3 +55,28 @@ def test_classification_head_max_pool_sees_a_small_finding():
     assert ClassificationHead(4, 3, pool="max")([maps]).shape == (2, 3)
     with pytest.raises(ConfigError, match="classification pool must be one of \\['avg', 'max'\\], got 'mean'"):
         ClassificationHead(4, 3, pool="mean")
+
+
+def test_classification_head_pools_several_levels():
+    """``levels``: each chosen map is pooled and the vectors are concatenated in order before the MLP; the MLP's
+    input width is their channel sum. Levels that do not match in_channels, or repeat, are config errors; the
+    network checks that they exist in its encoder."""
+    from ctmtl.errors import ConfigError
+    from ctmtl.networks import MultiTaskNet
+
+    features = _features()
+    head = ClassificationHead((32, 128), 3, pool="max", levels=(2, -1), dropout=0.0)
+    assert head.mlp.hidden_0[0].in_features == 160
+    captured = {}
+    head.mlp.register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
+    assert head(features).shape == (2, 3)
+    expected = torch.cat([features[2].amax((2, 3)), features[4].amax((2, 3))], 1)
+    assert torch.equal(captured["x"], expected)
+    with pytest.raises(ConfigError, match="one per in_channels"):
+        ClassificationHead((32, 128), 3, levels=(2,))
+    with pytest.raises(ConfigError, match="distinct"):
+        ClassificationHead((32, 32), 3, levels=(2, 2))
+    with pytest.raises(ConfigError, match="the small encoder has 5 maps"):
+        MultiTaskNet("small", tasks=("class",), det_head=None, class_levels=(3, 5))
+    net = MultiTaskNet("small", tasks=("class",), det_head=None, class_levels=(2, 3, 4))
+    assert net(torch.rand(2, 1, 64, 64))["class"].shape == (2, 3)
