@@ -31,6 +31,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(VPY) benchmarks/pipeline.py
 	$(VPY) benchmarks/network.py
+	$(VPY) benchmarks/memory_format.py
 
 clean:
 	rm -rf outputs build *.egg-info .pytest_cache

@@ -116,7 +116,7 @@ def test_encoder_and_detection_kwargs_reach_the_network(name):
 
     parser = ConfigParser()
     parser.read_config(str(bundle_path() / "configs" / f"{name}.json"))
-    parser.update({"encoder": "small", "image_size": [64, 64], "det_kwargs": {"levels": [1, 2, 3]},
+    parser.update({"encoder": "small", "image_size": [64, 64], "det_kwargs": {"levels": [1, 2, 3], "nms_thresh": 0.4},
                    "encoder_kwargs": {"norm": "instance"}, "class_dropout": 0.0, "class_pool": "max",
                    "class_levels": [2, 3, 4], "tta_flip_axes": [1]})
     net = parser.get_parsed_content("network_def", instantiate=True)
@@ -128,7 +128,8 @@ def test_encoder_and_detection_kwargs_reach_the_network(name):
     assert isinstance(net.heads["class"].pool, nn.AdaptiveMaxPool2d)
     assert net.heads["class"].levels == (2, 3, 4) and net.heads["class"].mlp.hidden_0[0].in_features == 32 + 64 + 128
     inferer = "validate#inferer" if name == "train" else "inferer"
-    assert parser.get_parsed_content(inferer, instantiate=True).spatial_axes == (1,)
+    mirroring = parser.get_parsed_content(inferer, instantiate=True)
+    assert mirroring.spatial_axes == (1,) and mirroring.nms_thresh == 0.4  # the views merge as the head selects boxes
     parser.update({"det_kwargs": {}, "encoder_kwargs": {}, "class_dropout": 0.5, "class_pool": "avg",
                    "class_levels": [-1], "tta_flip_axes": []})
     default = parser.get_parsed_content("network_def", instantiate=True, lazy=False)

@@ -49,18 +49,20 @@ class DiskDataset(Dataset):
         return {"tasks": {t for t, v in self.items[i]["tasks"].items() if v}, "dataset": "toy"}
 
 
-def _make(tmp_path, plan="staged", epochs=2, seed=0, patience=None, stages=None, ema_momentum=None):
+def _make(tmp_path, plan="staged", epochs=2, seed=0, patience=None, stages=None, ema_momentum=None, channels_last=False):
     torch.manual_seed(seed)
     net = MultiTaskNet("small", tasks=("class", "seg", "recon"), num_classes=2, image_size=(SIZE, SIZE), det_head=None)
     data = DiskDataset()
     from ctmtl.data.pipeline import multitask_collate
 
     val = torch.utils.data.DataLoader(data, batch_size=4, collate_fn=multitask_collate)
-    evaluator = MultiTaskEvaluator("cpu", val, net, tasks=("class", "recon"), metrics_kwargs={"class": {"class_names": ("a", "b")}})
+    evaluator = MultiTaskEvaluator("cpu", val, net, tasks=("class", "recon"), metrics_kwargs={"class": {"class_names": ("a", "b")}},
+                                   channels_last=channels_last)
     optimizer = torch.optim.Adam(net.parameters(), 1e-3)
     trainer = MultiTaskTrainer(
         "cpu", net, optimizer, MultiTaskLoss(), data, stages=stages or plan, epochs=epochs, evaluator=evaluator,
         batch_size=4, out_dir=tmp_path, seed=seed, patience=patience, ema_momentum=ema_momentum,
+        channels_last=channels_last,
     )
     return trainer
 
@@ -296,3 +298,35 @@ def test_weight_average_is_in_the_resume_checkpoint(tmp_path):
     attach_checkpointing(resumed, tmp_path / "ckpt", resume=True)
     resumed.run()  # nothing left to train: the checkpoint is loaded and the run ends
     assert all(torch.equal(resumed.ema.ema_model.state_dict()[k], average[k]) for k in average)
+
+
+def test_channels_last_trains_the_same_model(tmp_path):
+    """``channels_last``: the network and every batch it sees are NHWC, in training and validation, on the CPU too;
+    the run's history and saved weights match a contiguous run up to float summation order, and the weights load
+    into a contiguous network that answers the same."""
+    seen = []
+    runs = {}
+    for fmt in ("contiguous", "channels_last"):
+        trainer = _make(tmp_path / fmt, plan="joint", epochs=2, seed=5, channels_last=fmt == "channels_last")
+        conv = [m for m in trainer.network.encoder.modules() if isinstance(m, torch.nn.Conv2d)][1]  # 8 channels in
+        conv.register_forward_pre_hook(lambda module, args: seen.append((args[0].is_contiguous(),
+                                       args[0].is_contiguous(memory_format=torch.channels_last))))
+        trainer.run()
+        runs[fmt] = trainer
+    n = len(seen) // 2
+    assert n > 0 and all(c and not nhwc for c, nhwc in seen[:n])  # an encoder conv's input: NCHW
+    assert all(nhwc and not c for c, nhwc in seen[n:])  # NHWC in every training and validation batch
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    a, b = (runs[f].history for f in ("contiguous", "channels_last"))
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-3, abs=1e-4)
+    saved = torch.load(tmp_path / "channels_last" / "model.pt", weights_only=True)
+    plain = MultiTaskNet("small", tasks=("class", "seg", "recon"), num_classes=2, image_size=(SIZE, SIZE), det_head=None)
+    plain.load_state_dict(saved)
+    x = torch.rand(2, 1, SIZE, SIZE)
+    runs["channels_last"].network.eval()
+    plain.eval()
+    with torch.no_grad():
+        out, ref = plain(x), runs["channels_last"].network(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(out["seg"], ref["seg"], atol=1e-5) and torch.allclose(out["class"], ref["class"], atol=1e-5)
