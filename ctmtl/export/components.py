@@ -15,7 +15,7 @@ Boxes are ``xyxy`` pixels (x = column = W axis) until :class:`BoxesToROId`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,12 +146,20 @@ class LabelDetector:
     Args:
         score_threshold: boxes scoring below it are dropped (``ctmtl predict``'s ``score_threshold``).
         box_key, label_key, score_key: output keys (MONAI Label's ``DetectionWriter`` reads ``box`` and ``label``).
+        inferer: how the network is called when ``use_inferer`` (the bundle's ``inferer``, e.g. the trained model's
+            test-time mirroring); None: directly.
     """
 
     def __init__(
-        self, score_threshold: float = 0.5, box_key: str = "box", label_key: str = "label", score_key: str = "label_scores"
+        self,
+        score_threshold: float = 0.5,
+        box_key: str = "box",
+        label_key: str = "label",
+        score_key: str = "label_scores",
+        inferer: Callable[..., Any] | None = None,
     ) -> None:
         self.network: torch.nn.Module | None = None
+        self.inferer = inferer
         self.score_threshold = float(score_threshold)
         self.box_key, self.label_key, self.score_key = box_key, label_key, score_key
 
@@ -164,8 +172,9 @@ class LabelDetector:
         if self.network is None:
             raise RuntimeError("LabelDetector.network is not set (MONAI Label sets it before inference)")
         images = images.as_tensor() if isinstance(images, MetaTensor) else images
+        found_all = self.inferer(images, self.network) if use_inferer and self.inferer is not None else self.network(images)
         out = []
-        for found in self.network(images):
+        for found in found_all:
             keep = found["scores"] >= self.score_threshold
             out.append({self.box_key: found["boxes"][keep].float(), self.label_key: found["labels"][keep].long(),
                         self.score_key: found["scores"][keep].float()})

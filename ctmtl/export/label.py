@@ -138,6 +138,18 @@ def _post_steps(key: str, task: str, chain_dirs: Iterable[str | Path] = ()) -> t
     return params, steps
 
 
+def inferer_config(loaded: LoadedModel) -> dict[str, Any]:
+    """The exported bundles call their network as the trained bundle does: with its test-time mirroring
+    (:class:`ctmtl.engines.inferers.FlipInferer`, its values written out) or with one plain pass."""
+    from ctmtl.engines.inferers import FlipInferer
+
+    inferer = loaded.inferer
+    if isinstance(inferer, FlipInferer) and inferer.spatial_axes:
+        return {"_target_": "ctmtl.engines.inferers.FlipInferer", "spatial_axes": list(inferer.spatial_axes),
+                "nms_thresh": inferer.nms_thresh, "detections_per_img": inferer.detections_per_img}
+    return {"_target_": "SimpleInferer"}
+
+
 def _det_class_names(loaded: LoadedModel) -> tuple[str, ...]:
     from ctmtl.inference.predict import Predictor
 
@@ -175,7 +187,7 @@ def label_bundle_configs(
                 {"_target_": "ctmtl.export.RunChaind", "keys": "image", "chain": "@chain_file", "overrides": "@chain_overrides"}
             ],
         },
-        "inferer": {"_target_": "SimpleInferer"},
+        "inferer": inferer_config(loaded),
     }
     if head.task == SEG:
         seg_channels = int(network_args.get("seg_channels", 1))
@@ -195,7 +207,8 @@ def label_bundle_configs(
             {"_target_": "ctmtl.export.BoxesToROId", "keys": "box"},
         ]
         inference["score_threshold"] = score_threshold
-        inference["detector"] = {"_target_": "ctmtl.export.LabelDetector", "score_threshold": "@score_threshold"}
+        inference["detector"] = {"_target_": "ctmtl.export.LabelDetector", "score_threshold": "@score_threshold",
+                                 "inferer": "@inferer"}
         inference["detector_ops"] = []  # MONAI Label parses it whenever there is a detector
         names = _det_class_names(loaded)
         det_classes = int(network_args.get("det_classes", 1))

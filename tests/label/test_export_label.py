@@ -51,7 +51,7 @@ def _serve(bundle, study):
             detector.network = network
             data.update(detector(data["image"][None])[0])
         else:
-            data["pred"] = network(data["image"][None])[0]
+            data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
     for t in parser.get_parsed_content("postprocessing").transforms:
         data = t(data)
     return data
@@ -129,6 +129,34 @@ def test_served_boxes_and_classes_equal_ctmtl_prediction(exported, study, refere
     expected = BoxesToROId(keys="box")({"box": boxes})["box"]
     order = torch.argsort(data["label_scores"], descending=True)
     torch.testing.assert_close(data["box"][order], expected)
+    probs = _serve(exported["class"], study)["pred"]
+    np.testing.assert_allclose(np.asarray(probs), list(reference.probabilities.values()), rtol=1e-5, atol=1e-6)
+
+
+def test_exported_bundles_mirror_as_the_trained_model_does(label_model, study, tmp_path):
+    """A model trained with ``tta_flip_axes: [1]`` predicts with test-time mirroring; its exported bundles name the
+    same inferer (the detector too), so MONAI Label serves ctmtl predict's mask, boxes and probabilities."""
+    import shutil
+
+    from ctmtl.inference import Predictor
+
+    root = tmp_path / "mirroring"
+    shutil.copytree(label_model, root)
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    config["inferer"] = {"_target_": "ctmtl.engines.inferers.FlipInferer", "spatial_axes": [1]}
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    reference = Predictor(root, device="cpu", progress=False, threads=1).predict(study)
+    plain = Predictor(label_model, device="cpu", progress=False, threads=1).predict(study)
+    assert not np.array_equal(reference.mask, plain.mask)  # the mirror view changes the answer
+    exported = export_label(root, tmp_path / "app", name="ctmtl")
+    for bundle in exported.values():
+        inferer = json.loads((bundle / "configs" / "inference.json").read_text())["inferer"]
+        assert inferer == {"_target_": "ctmtl.engines.inferers.FlipInferer", "spatial_axes": [1], "nms_thresh": 0.5,
+                           "detections_per_img": 100}
+    np.testing.assert_array_equal(_serve(exported["seg"], study)["pred"].T, reference.mask)
+    data = _serve(exported["det"], study)
+    expected = BoxesToROId(keys="box")({"box": torch.tensor([d.box for d in reference.detections])})["box"]
+    torch.testing.assert_close(data["box"][torch.argsort(data["label_scores"], descending=True)], expected)
     probs = _serve(exported["class"], study)["pred"]
     np.testing.assert_allclose(np.asarray(probs), list(reference.probabilities.values()), rtol=1e-5, atol=1e-6)
 
