@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark's synthetic batch, run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, run as a script
+from common import write_result  # noqa: E402
 from network import synthetic_batch  # noqa: E402
 
 from ctmtl.constants import SHORT_TASKS  # noqa: E402
@@ -116,11 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
-    print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_result(result, table(result), args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ joint step costs at most 0.5x the four single-task steps and at most 1.6x the se
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -31,6 +30,8 @@ import torch
 from ctmtl.constants import SHORT_TASKS
 from ctmtl.losses import MultiTaskLoss
 from ctmtl.networks import MultiTaskNet, detection_targets
+
+from common import write_result  # benchmarks/common.py: run as a script, this folder is on sys.path
 
 GOAL_VS_SINGLES = 0.5
 GOAL_VS_SEG_UNET = 1.6
@@ -164,11 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
-    print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_result(result, table(result), args.out)
 
 
 if __name__ == "__main__":

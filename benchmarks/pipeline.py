@@ -22,7 +22,6 @@ data time per batch below step time per batch.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,8 @@ import torch
 
 from ctmtl.data.chains import load_chain
 from ctmtl.data.pipeline import SliceDataset, multitask_collate, torch_threads
+
+from common import write_result  # benchmarks/common.py: run as a script, this folder is on sys.path
 
 GOAL_CACHED_VS_NAIVE = 20.0
 
@@ -250,11 +251,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
-    print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write_result(result, table(result), args.out)
 
 
 if __name__ == "__main__":
