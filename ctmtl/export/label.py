@@ -140,13 +140,23 @@ def _post_steps(key: str, task: str, chain_dirs: Iterable[str | Path] = ()) -> t
 
 def inferer_config(loaded: LoadedModel) -> dict[str, Any]:
     """The exported bundles call their network as the trained bundle does: with its test-time mirroring
-    (:class:`ctmtl.engines.inferers.FlipInferer`, its values written out) or with one plain pass."""
+    (:class:`ctmtl.engines.inferers.FlipInferer`, its values written out) or with one plain pass.
+
+    Raises:
+        ModelError: the trained bundle's ``inferer`` is another kind, which the export cannot write out; serving
+            the network with a plain pass instead would answer otherwise than ``ctmtl predict``.
+    """
+    from monai.inferers import SimpleInferer
+
     from ctmtl.engines.inferers import FlipInferer
 
     inferer = loaded.inferer
     if isinstance(inferer, FlipInferer) and inferer.spatial_axes:
         return {"_target_": "ctmtl.engines.inferers.FlipInferer", "spatial_axes": list(inferer.spatial_axes),
                 "nms_thresh": inferer.nms_thresh, "detections_per_img": inferer.detections_per_img}
+    if not isinstance(inferer, (FlipInferer, SimpleInferer)):
+        raise ModelError(f"{loaded.bundle_root / INFERENCE_CONFIG}: inferer is a {type(inferer).__name__}; the MONAI Label "
+                         "export writes out SimpleInferer and ctmtl.engines.inferers.FlipInferer only")
     return {"_target_": "SimpleInferer"}
 
 

@@ -161,6 +161,24 @@ def test_exported_bundles_mirror_as_the_trained_model_does(label_model, study, t
     np.testing.assert_allclose(np.asarray(probs), list(reference.probabilities.values()), rtol=1e-5, atol=1e-6)
 
 
+def test_an_inferer_the_export_cannot_write_is_an_error(label_model, tmp_path, capsys):
+    """A trained bundle whose inferer the export cannot write out: one line naming its inference.json, nothing
+    written (served with a plain pass, MONAI Label would answer otherwise than ctmtl predict)."""
+    import shutil
+
+    root = tmp_path / "windowed"
+    shutil.copytree(label_model, root)
+    config = json.loads((root / "configs" / "inference.json").read_text())
+    config["inferer"] = {"_target_": "SlidingWindowInferer", "roi_size": [32, 32]}
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    out = tmp_path / "app"
+    assert main(["export-label", "--model", str(root), "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"{root / 'configs' / 'inference.json'}: inferer is a SlidingWindowInferer" in err
+    assert list(out.iterdir()) == []
+
+
 def test_existing_export_is_not_overwritten(label_model, tmp_path, capsys):
     args = ["export-label", "--model", str(label_model), "--out", str(tmp_path), "--tasks", "seg"]
     assert main(args) == 0
