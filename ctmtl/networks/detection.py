@@ -289,6 +289,8 @@ class RetinaNetHead(DetectionHead):
             raise ValueError(f"cls_loss must be 'bce' or 'focal', got {cls_loss!r}.")
         if box_loss not in ("smooth_l1", "giou"):
             raise ValueError(f"box_loss must be 'smooth_l1' or 'giou', got {box_loss!r}.")
+        if int(atss_candidates) < 1:  # MONAI's ATSSMatcher takes top-0 anchors without a word and matches none
+            raise ValueError(f"atss_candidates must be >= 1 (anchors per pyramid level per box), got {atss_candidates}.")
         if fpn_channels % 8:
             raise ValueError(f"fpn_channels must be a multiple of 8 (GroupNorm(8) in the heads), got {fpn_channels}.")
         fpn = StageFPN(encoder_channels, levels, fpn_channels)
@@ -302,7 +304,7 @@ class RetinaNetHead(DetectionHead):
             size_divisible=fpn.strides[-1],
         )
         self.detector = RetinaNetDetector(network, anchors)
-        self.detector.set_atss_matcher(num_candidates=atss_candidates, center_in_gt=False)
+        self.detector.set_atss_matcher(num_candidates=int(atss_candidates), center_in_gt=False)
         if cls_loss == "focal":
             self.detector.set_cls_loss(AnchorFocalLoss())
         else:

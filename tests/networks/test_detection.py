@@ -219,3 +219,5 @@ def test_giou_box_loss_is_one_minus_giou_of_the_matched_anchors():
     assert smooth_l1.encode_gt and not smooth_l1.decode_pred  # MONAI's default: offsets, not boxes
     with pytest.raises(ValueError, match="box_loss must be 'smooth_l1' or 'giou'"):
         RetinaNetHead(CHANNELS, box_loss="l2")
+    with pytest.raises(ValueError, match="atss_candidates must be >= 1"):
+        RetinaNetHead(CHANNELS, atss_candidates=0)

@@ -84,6 +84,8 @@ def test_heads_built_on_demand_and_clear_errors():
         MultiTaskNet("small", tasks=("det",), det_head=None)
     with pytest.raises(ConfigError, match=r"det_kwargs \{'box_loss': 'l2'\} for the retinanet head: box_loss must be"):
         MultiTaskNet("small", tasks=("det",), det_kwargs={"box_loss": "l2"})
+    with pytest.raises(ConfigError, match=r"det_kwargs \{'atss_candidates': 0\} for the retinanet head: atss_candidates must be >= 1"):
+        MultiTaskNet("small", tasks=("det",), det_kwargs={"atss_candidates": 0})
     with pytest.raises(ConfigError, match="det_kwargs .* unexpected keyword argument 'bogus'"):
         MultiTaskNet("small", tasks=("det",), det_kwargs={"bogus": 1})
     with pytest.raises(ConfigError, match="unknown encoder"):
