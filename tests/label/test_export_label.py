@@ -136,8 +136,10 @@ def test_served_boxes_and_classes_equal_ctmtl_prediction(exported, study, refere
 def test_exported_bundles_mirror_as_the_trained_model_does(label_model, study, tmp_path):
     """A model trained with ``tta_flip_axes: [1]`` predicts with test-time mirroring; its exported bundles name the
     same inferer (the detector too), so MONAI Label serves ctmtl predict's mask, boxes and probabilities."""
+    import inspect
     import shutil
 
+    from ctmtl.engines.inferers import FlipInferer
     from ctmtl.inference import Predictor
 
     root = tmp_path / "mirroring"
@@ -153,6 +155,7 @@ def test_exported_bundles_mirror_as_the_trained_model_does(label_model, study, t
         inferer = json.loads((bundle / "configs" / "inference.json").read_text())["inferer"]
         assert inferer == {"_target_": "ctmtl.engines.inferers.FlipInferer", "spatial_axes": [1], "nms_thresh": 0.5,
                            "detections_per_img": 100}
+        assert set(inferer) - {"_target_"} == set(inspect.signature(FlipInferer).parameters)  # every value written
     np.testing.assert_array_equal(_serve(exported["seg"], study)["pred"].T, reference.mask)
     data = _serve(exported["det"], study)
     expected = BoxesToROId(keys="box")({"box": torch.tensor([d.box for d in reference.detections])})["box"]
